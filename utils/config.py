@@ -1,0 +1,145 @@
+"""YAML experiment configs: `_base_` inheritance, typed `key.sub=value` overrides, strict keys.
+
+`configs/base.yaml` is the schema: every key a run may set is declared there, with its
+type given by its default. A mapping declared as `{}` in the schema is free-form (its
+content is not checked). Every other config inherits from it, directly or through
+`_base_` chains, and may only set keys the schema knows.
+"""
+import copy
+import difflib
+import os
+import re
+
+import yaml
+
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "base.yaml")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-4` as a float (YAML 1.1 wants `1.0e-4`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.inf|\.nan)$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _read_yaml(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f, Loader=_Loader)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _load_chain(path, seen=()):
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ConfigError(f"{path}: circular _base_ chain: {' -> '.join(seen + (path,))}")
+    data = _read_yaml(path)
+    base = data.pop("_base_", None)
+    if base is None:
+        return [(path, data)]
+    base_path = os.path.join(os.path.dirname(path), base)
+    return _load_chain(base_path, seen + (path,)) + [(path, data)]
+
+
+def _known_keys(schema, prefix=""):
+    for k, v in schema.items():
+        yield prefix + k
+        if isinstance(v, dict) and v:
+            yield from _known_keys(v, prefix + k + ".")
+
+
+def _unknown(key, schema_root, where):
+    close = difflib.get_close_matches(key, list(_known_keys(schema_root)), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"{where}: unknown config key '{key}'{hint}")
+
+
+def _check_type(key, default, value, where):
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, list):
+        ok = isinstance(value, list)
+    elif isinstance(default, dict):
+        ok = isinstance(value, dict)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"{where}: key '{key}' expects {type(default).__name__} (default {default!r}), got {value!r}")
+    return value
+
+
+def _merge(dst, src, schema, schema_root, where, prefix=""):
+    for k, v in src.items():
+        key = prefix + k
+        if k not in schema:
+            raise _unknown(key, schema_root, where)
+        default = schema[k]
+        if isinstance(default, dict) and default and isinstance(v, dict):
+            _merge(dst[k], v, default, schema_root, where, key + ".")
+        else:
+            dst[k] = copy.deepcopy(_check_type(key, default, v, where))
+
+
+def parse_value(text):
+    """Parse a command-line value with YAML rules (`1e-4` is a float, `null` is None)."""
+    try:
+        return yaml.load(text, Loader=_Loader) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def load_config(path, overrides=None):
+    """Resolve `path` (with its `_base_` chain onto configs/base.yaml) and `key.sub=value` overrides."""
+    schema = _read_yaml(SCHEMA_PATH)
+    schema.pop("_base_", None)
+    cfg = copy.deepcopy(schema)
+    for file_path, data in _load_chain(path):
+        if os.path.abspath(file_path) != SCHEMA_PATH:
+            _merge(cfg, data, schema, schema, file_path)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value (for example train.epochs=2)")
+        key, text = item.split("=", 1)
+        node = {}
+        parts = key.strip().split(".")
+        leaf = node
+        for p in parts[:-1]:
+            leaf = leaf.setdefault(p, {})
+        leaf[parts[-1]] = parse_value(text)
+        _merge(cfg, node, schema, schema, "command line")
+    cfg["config_path"] = os.path.abspath(path)
+    return cfg
+
+
+def save_config(cfg, path):
+    """Write the resolved config (atomically) so a run's outputs say how they were made."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(cfg, f, allow_unicode=True, sort_keys=False)
+    os.replace(tmp, path)
