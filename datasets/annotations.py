@@ -1,0 +1,297 @@
+"""Parsing of every annotation file of the Real400K / Real20M layout (shared/DATA_FORMAT.md).
+
+Every malformed line raises `AnnotationError`, a `ValueError` whose message reads
+`<file>:<line>: <what was expected>` so that a user of a 136 GB dataset can open the
+offending line directly. Besides the whole-file parsers (`parse_train_file`,
+`parse_item_list`, `parse_gt`) the per-line parsers and `iter_lines` are public: the
+validator (`python -m datasets.validate`) streams files through them and keeps going
+after an error to report every problem at once.
+
+Reading conventions shared by all files: UTF-8 (a leading BOM is ignored), `\\n` or
+`\\r\\n` line ends, blank lines are skipped in the list-like files, and surrounding
+whitespace of each field is ignored. Line numbers are 1-based and count blank lines.
+"""
+import os
+import re
+from dataclasses import dataclass, field
+
+DIRECTIONS = ("video2goods", "goods2video")
+QUERY_DOMAIN = {"video2goods": "video", "goods2video": "goods"}
+GALLERY_DOMAIN = {"video2goods": "goods", "goods2video": "video"}
+GOODS_TEXT_FIELDS = ("itemid", "category", "brand", "entity", "title", "desc")
+VIDEO_TEXT_FIELDS = ("caption", "title", "text")
+SHARD_MODULUS = 50000  # item files live in <pid % 50000>/<pid>.<ext>
+
+_PID_RE = re.compile(r"^[0-9]+$")
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation file; `path`, `line` (1-based, or None) and `expected` are kept."""
+
+    def __init__(self, path, line, expected):
+        self.path = str(path)
+        self.line = line
+        self.expected = expected
+        where = self.path if line is None else f"{self.path}:{line}"
+        super().__init__(f"{where}: {expected}")
+
+
+def normalize_domain(name):
+    """'goods' -> 'goods'; 'video' or its synonym 'photo' -> 'video' (case-insensitive)."""
+    key = str(name).strip().lower()
+    if key == "goods":
+        return "goods"
+    if key in ("video", "photo"):
+        return "video"
+    raise ValueError(f"unknown domain {name!r}: expected goods, video or photo")
+
+
+def check_direction(direction):
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}: expected one of {', '.join(DIRECTIONS)}")
+    return direction
+
+
+def shard(pid):
+    """Sub-folder name of an item: str(pid % 50000)."""
+    return str(int(pid) % SHARD_MODULUS)
+
+
+class DatasetPaths:
+    """Where each file of DATA_FORMAT.md lives under a data root (all paths are str)."""
+
+    def __init__(self, root, dataset="Real400K"):
+        self.root = os.fspath(root)
+        self.dataset = dataset
+        self.data_dir = os.path.join(self.root, dataset)
+        self.queries = os.path.join(self.data_dir, "query", "queries.txt")
+        self.train_file = os.path.join(self.root, "train_file", "train.txt")
+        self.test_dir = os.path.join(self.root, "test_file")
+        self.entities_dir = os.path.join(self.root, "entities")
+
+    def domain_dir(self, domain):
+        return os.path.join(self.data_dir, normalize_domain(domain))
+
+    def images_dir(self, domain):
+        return os.path.join(self.domain_dir(domain), "images")
+
+    def text_dir(self, domain):
+        return os.path.join(self.domain_dir(domain), "text")
+
+    def text_path(self, domain, pid):
+        return os.path.join(self.text_dir(domain), shard(pid), f"{int(pid)}.txt")
+
+    def image_path(self, pid):
+        """The goods image of `pid`."""
+        return os.path.join(self.images_dir("goods"), shard(pid), f"{int(pid)}.jpg")
+
+    def frameid_path(self, pid):
+        return os.path.join(self.domain_dir("video"), "frameid", shard(pid), f"{int(pid)}.txt")
+
+    def raw_video_path(self, pid):
+        return os.path.join(self.domain_dir("video"), "raw", shard(pid), f"{int(pid)}.mp4")
+
+    def query_list(self, direction):
+        return os.path.join(self.test_dir, f"{check_direction(direction)}_query.txt")
+
+    def gallery_list(self, direction):
+        return os.path.join(self.test_dir, f"{check_direction(direction)}_gallery.txt")
+
+    def gt_file(self, direction):
+        return os.path.join(self.test_dir, f"{check_direction(direction)}_gt.txt")
+
+    def entities_file(self, level):
+        return os.path.join(self.entities_dir, f"level{int(level)}.txt")
+
+
+def _read_text(path):
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise AnnotationError(path, None, f"expected UTF-8 text ({e})") from None
+
+
+def _file_lines(text):
+    """Lines of a whole file; a final newline does not open an extra line."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+def iter_lines(path):
+    """Stream (1-based line number, line without its newline) of the non-blank lines of a file."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    yield lineno, line
+    except UnicodeDecodeError as e:
+        raise AnnotationError(path, None, f"expected UTF-8 text ({e})") from None
+
+
+def parse_pid(value, path, lineno, what="pid"):
+    value = value.strip()
+    if not _PID_RE.match(value):
+        raise AnnotationError(path, lineno, f"expected {what} as a non-negative decimal integer, got {value!r}")
+    return int(value)
+
+
+def _split_fields(line, count, layout, path, lineno):
+    fields = line.split("\t")
+    if len(fields) != count:
+        raise AnnotationError(path, lineno, f"expected {count} tab-separated fields ({layout}), got {len(fields)}")
+    return [f.strip() for f in fields]
+
+
+def read_goods_text(path):
+    """The 6 fields of a goods text file; with another number of lines every field (the title included) is ''."""
+    lines = _file_lines(_read_text(path))
+    if len(lines) != len(GOODS_TEXT_FIELDS):
+        return dict.fromkeys(GOODS_TEXT_FIELDS, "")
+    return {name: line.strip() for name, line in zip(GOODS_TEXT_FIELDS, lines)}
+
+
+def read_video_text(path):
+    """caption, title, text of a video text file; the literal `null` (or an empty line) gives None.
+
+    A file without exactly 3 lines gives None for all three (counted by the caller, like goods).
+    """
+    lines = _file_lines(_read_text(path))
+    if len(lines) != len(VIDEO_TEXT_FIELDS):
+        return dict.fromkeys(VIDEO_TEXT_FIELDS)
+    out = {}
+    for name, line in zip(VIDEO_TEXT_FIELDS, lines):
+        line = line.strip()
+        out[name] = None if line in ("", "null") else line
+    return out
+
+
+def _split_frames(value, path, lineno):
+    # a trailing comma is tolerated; an empty list is not
+    frames = [p.strip() for p in value.split(",") if p.strip()]
+    if not frames:
+        raise AnnotationError(path, lineno, "expected at least one comma-separated frame path")
+    return frames
+
+
+def read_frame_ids(path):
+    """Frame paths (relative to video/images/) of one frameid file: one comma-separated line."""
+    lines = list(iter_lines(path))
+    if not lines:
+        raise AnnotationError(path, 1, "expected one line of comma-separated frame paths, the file is empty")
+    if len(lines) > 1:
+        raise AnnotationError(path, lines[1][0], "expected a single line of comma-separated frame paths")
+    lineno, line = lines[0]
+    return _split_frames(line, path, lineno)
+
+
+def _read_nonblank(path):
+    return [line.strip() for _, line in iter_lines(path)]
+
+
+def read_queries(path):
+    """query/queries.txt: one query per non-blank line."""
+    return _read_nonblank(path)
+
+
+def read_entities(path):
+    """entities/level<k>.txt: one entity per non-blank line."""
+    return _read_nonblank(path)
+
+
+@dataclass
+class TrainEntry:
+    query: str
+    goods: list = field(default_factory=list)
+    videos: list = field(default_factory=list)
+
+
+def _pid_list(value, path, lineno, what):
+    if value in ("None", ""):
+        return []
+    return [parse_pid(p, path, lineno, f"{what} pid") for p in value.split(",") if p.strip()]
+
+
+def parse_train_line(line, path, lineno):
+    query, goods, videos = _split_fields(line, 3, "query, goods pids|None, video pids|None", path, lineno)
+    if not query:
+        raise AnnotationError(path, lineno, "expected a non-empty query text in field 1")
+    entry = TrainEntry(query, _pid_list(goods, path, lineno, "goods"), _pid_list(videos, path, lineno, "video"))
+    if not entry.goods and not entry.videos:
+        raise AnnotationError(path, lineno, "expected at least one goods or video pid (both fields are None)")
+    return entry
+
+
+def parse_train_file(path):
+    """train_file/train.txt -> [TrainEntry] in file order."""
+    return [parse_train_line(line, path, lineno) for lineno, line in iter_lines(path)]
+
+
+@dataclass
+class TestItem:
+    __test__ = False  # not a pytest class despite its name
+    pid: int
+    domain: str
+    query: str
+    frames: list
+    text_path: str
+
+
+def parse_item_line(line, path, lineno):
+    pid, domain, query, frames, text_path = _split_fields(
+        line, 5, "pid, domain, query_text, frame paths, text path", path, lineno)
+    pid = parse_pid(pid, path, lineno)
+    try:
+        domain = normalize_domain(domain)
+    except ValueError as e:
+        raise AnnotationError(path, lineno, str(e)) from None
+    frames = _split_frames(frames, path, lineno)
+    if domain == "goods" and len(frames) != 1:
+        raise AnnotationError(path, lineno, f"expected exactly one image path for a goods item, got {len(frames)}")
+    if not text_path:
+        raise AnnotationError(path, lineno, "expected a text path in field 5")
+    return TestItem(pid, domain, query, frames, text_path)
+
+
+def parse_item_list(path):
+    """test_file/*_query.txt or *_gallery.txt -> [TestItem] in file order; a repeated pid is an error."""
+    items, seen = [], {}
+    for lineno, line in iter_lines(path):
+        item = parse_item_line(line, path, lineno)
+        if item.pid in seen:
+            raise AnnotationError(path, lineno, f"expected unique pids, {item.pid} already on line {seen[item.pid]}")
+        seen[item.pid] = lineno
+        items.append(item)
+    return items
+
+
+def gt_id(value, path, lineno, is_query):
+    """An id of a gt file, possibly written as a path: basename, no extension, and for queries
+    nothing from the first '_' on (e.g. 'frames/12/12_3.jpg' -> 12)."""
+    name = os.path.splitext(os.path.basename(value.strip().replace("\\", "/")))[0]
+    if is_query:
+        name = name.split("_", 1)[0]
+    return parse_pid(name, path, lineno, "query id" if is_query else "gallery id")
+
+
+def parse_gt_line(line, path, lineno):
+    query, gallery = _split_fields(line, 2, "query id, gallery ids", path, lineno)
+    ids = [gt_id(v, path, lineno, False) for v in gallery.split(",") if v.strip()]
+    if not ids:
+        raise AnnotationError(path, lineno, "expected at least one gallery id in field 2")
+    return gt_id(query, path, lineno, True), ids
+
+
+def parse_gt(path):
+    """test_file/*_gt.txt -> {query pid: [relevant gallery pids]}; repeated query lines are merged."""
+    gt = {}
+    for lineno, line in iter_lines(path):
+        query, ids = parse_gt_line(line, path, lineno)
+        merged = gt.setdefault(query, [])
+        for i in ids:
+            if i not in merged:
+                merged.append(i)
+    return gt
