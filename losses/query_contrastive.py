@@ -1,0 +1,81 @@
+"""Query-guided three-way contrastive loss (paper Eq. 5-6).
+
+L_q,x = -log softmax_i(s(q, x_i) / tau)[positive], x in {u, v, t}, s the cosine similarity and tau
+learnable. Negatives are the other items of the local batch (the paper's N = batch size) or,
+with `loss.negatives: global`, of the batches of all ranks, gathered with gradient.
+"""
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward hands each rank the gradient of its own slice summed over all ranks.
+
+    Each rank's loss depends on every rank's features; summing those contributions (then DDP's
+    averaging of parameter gradients) gives exactly the gradient of the mean loss over the global
+    batch. An all_reduce is used instead of reduce_scatter, which the gloo backend lacks.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.rank, ctx.size = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]
+
+
+def gather_features(x):
+    """[B, D] on each rank -> [world * B, D] in rank order, differentiable; every rank must pass the same B."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+def _rank_offset(batch):
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() * batch
+    return 0
+
+
+class QueryContrastiveLoss(nn.Module):
+    def __init__(self, temperature=0.07, learn_temperature=True, max_logit_scale=100.0, negatives="local",
+                 symmetric=False):
+        super().__init__()
+        if negatives not in ("local", "global"):
+            raise ValueError(f"loss.negatives: unknown value '{negatives}'; expected local or global")
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature)
+        self.max_log_scale = math.log(max_logit_scale)
+        self.negatives = negatives
+        self.symmetric = symmetric
+
+    def scale(self):
+        """1/tau, clamped at max_logit_scale (no gradient past the clamp)."""
+        return self.logit_scale.clamp(max=self.max_log_scale).exp()
+
+    def forward(self, q, x):
+        """q, x [B, D] (any norm; row i of each is a positive pair) -> mean InfoNCE over this rank's rows."""
+        q, x = F.normalize(q, dim=-1), F.normalize(x, dim=-1)
+        scale = self.scale()
+        labels = torch.arange(q.shape[0], device=q.device)
+        if self.negatives == "global":
+            labels = labels + _rank_offset(q.shape[0])
+            all_x = gather_features(x)
+            loss = F.cross_entropy(scale * q @ all_x.t(), labels)
+            if self.symmetric:
+                loss = (loss + F.cross_entropy(scale * x @ gather_features(q).t(), labels)) / 2
+            return loss
+        logits = scale * q @ x.t()
+        loss = F.cross_entropy(logits, labels)
+        if self.symmetric:
+            loss = (loss + F.cross_entropy(logits.t(), labels)) / 2
+        return loss

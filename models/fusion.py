@@ -1,0 +1,136 @@
+"""Fusion of an item's text and visual features into u_cls (Table 5), chosen by model.fusion.type.
+
+`fusion` (Ours-Q): BERT layers over the product/video text tokens with cross-attention to the
+visual tokens, self-attention and FFN copied from the last `num_layers` layers of the text
+tower, cross-attention new. The self-attention is bidirectional (cn_clip's own attention
+block with a padding mask only), unlike transformers' BertLayer, which turns causal once it
+has cross-attention. As in ALBEF, the fusion layers continue from the text state that enters
+the copied layers, so at the start of training they see the inputs those weights were trained on.
+"""
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from models.backbone import extended_attention_mask
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from the text states to the visual tokens, then residual + LayerNorm (post-LN, as BERT)."""
+
+    def __init__(self, hidden, heads, dropout, init_std, eps=1e-12):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"fusion cross-attention: hidden size {hidden} is not a multiple of {heads} heads")
+        self.heads = heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+        self.dense = nn.Linear(hidden, hidden)
+        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        for lin in (self.query, self.key, self.value, self.dense):
+            nn.init.normal_(lin.weight, std=init_std)
+            nn.init.zeros_(lin.bias)
+
+    def _heads(self, x):
+        b, n, d = x.shape
+        return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+    def forward(self, x, memory):
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(memory)), self._heads(self.value(memory))
+        p = self.dropout.p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2).flatten(2)
+        return self.LayerNorm(self.dropout(self.dense(out)) + x)
+
+
+class FusionLayer(nn.Module):
+    def __init__(self, text_layer, bert_config):
+        super().__init__()
+        self.attention = copy.deepcopy(text_layer.attention)
+        self.crossattention = CrossAttention(bert_config.hidden_size, bert_config.num_attention_heads,
+                                             bert_config.attention_probs_dropout_prob, bert_config.initializer_range,
+                                             bert_config.layer_norm_eps)
+        self.intermediate = copy.deepcopy(text_layer.intermediate)
+        self.output = copy.deepcopy(text_layer.output)
+
+    def forward(self, x, additive_mask, visual):
+        x = self.attention(x, additive_mask)[0]
+        x = self.crossattention(x, visual)
+        return self.output(self.intermediate(x), x)
+
+
+class FusionEncoder(nn.Module):
+    uses_tokens = True
+
+    def __init__(self, cfg, backbone):
+        super().__init__()
+        n = cfg["model"]["fusion"]["num_layers"]
+        text_layers = backbone.text_layers
+        if not 1 <= n <= len(text_layers):
+            raise ValueError(f"model.fusion.num_layers={n}: the text tower has {len(text_layers)} layers to copy from")
+        self.start_layer = len(text_layers) - n
+        bert_config = backbone.clip.bert_config
+        self.layers = nn.ModuleList(FusionLayer(layer, bert_config) for layer in text_layers[self.start_layer:])
+        self.layers.requires_grad_(True)  # trained even when the text tower it was copied from is frozen
+        width, hidden = backbone.vision_width, backbone.text_width
+        self.visual_norm = nn.LayerNorm(width)
+        self.visual_proj = nn.Linear(width, hidden) if width != hidden else nn.Identity()
+        # u_cls starts as the text tower's projection of the first token.
+        self.proj = nn.Linear(hidden, cfg["model"]["embed_dim"], bias=False)
+        with torch.no_grad():
+            self.proj.weight.copy_(backbone.clip.text_projection.t())
+        self.grad_checkpointing = bool(cfg["model"]["backbone"]["grad_checkpointing"])
+
+    def forward(self, v_cls, t_cls, text_states, text_mask, visual_tokens):
+        """visual_tokens [B,T,N,width]: averaged over the frames, normalised, projected to the text width."""
+        visual = self.visual_proj(self.visual_norm(visual_tokens.mean(dim=1)))
+        additive_mask = extended_attention_mask(text_mask, text_states.dtype)
+        x = text_states
+        for layer in self.layers:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, additive_mask, visual, use_reentrant=False)
+            else:
+                x = layer(x, additive_mask, visual)
+        return self.proj(x[:, 0])
+
+
+class AddFusion(nn.Module):
+    """'add': the sum of the normalised visual and text features."""
+    uses_tokens = False
+
+    def forward(self, v_cls, t_cls, text_states=None, text_mask=None, visual_tokens=None):
+        return F.normalize(v_cls, dim=-1) + F.normalize(t_cls, dim=-1)
+
+
+class Combiner(nn.Module):
+    """'combiner' (Baldrati et al., CVPR 2022): projected features are concatenated, mixed by an MLP,
+    and added to a learned convex combination of the two inputs."""
+    uses_tokens = False
+
+    def __init__(self, dim, dropout=0.5):
+        super().__init__()
+        proj, hidden = 4 * dim, 8 * dim
+        self.text_proj = nn.Sequential(nn.Linear(dim, proj), nn.ReLU(), nn.Dropout(dropout))
+        self.image_proj = nn.Sequential(nn.Linear(dim, proj), nn.ReLU(), nn.Dropout(dropout))
+        self.mix = nn.Sequential(nn.Linear(2 * proj, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.gate = nn.Sequential(nn.Linear(2 * proj, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1), nn.Sigmoid())
+
+    def forward(self, v_cls, t_cls, text_states=None, text_mask=None, visual_tokens=None):
+        v, t = F.normalize(v_cls, dim=-1), F.normalize(t_cls, dim=-1)
+        joint = torch.cat([self.text_proj(t), self.image_proj(v)], dim=-1)
+        lam = self.gate(joint)
+        return self.mix(joint) + lam * t + (1 - lam) * v
+
+
+def build_fusion(cfg, backbone):
+    kind = cfg["model"]["fusion"]["type"]
+    if kind == "fusion":
+        return FusionEncoder(cfg, backbone)
+    if kind == "add":
+        return AddFusion()
+    if kind == "combiner":
+        return Combiner(cfg["model"]["embed_dim"])
+    raise ValueError(f"model.fusion.type: unknown value '{kind}'; expected add, combiner or fusion")

@@ -1,0 +1,95 @@
+"""The query-driven cross-domain model, Ours-Q (paper §4.3, Fig. 4)."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from losses import QueryContrastiveLoss, text_reconstruction_loss, vision_reconstruction_loss
+from models.backbone import CNClipBackbone
+from models.fusion import build_fusion
+from models.reconstruction import TextReconstructor, VisionReconstructor
+from models.video_pooling import build_video_pooling
+
+BATCH_KEYS = ("query_ids", "query_mask", "frames", "text_ids", "text_mask")
+
+
+class QCDModel(nn.Module):
+    """Query branch: q_cls from the text tower. Item branch: per-frame [CLS] -> video pooling -> v_cls;
+    item text -> t_cls; fusion of text tokens and visual tokens -> u_cls. Training loss: Eq. 8."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        lcfg = cfg["loss"]
+        self.backbone = CNClipBackbone(cfg)
+        self.video_pooling = build_video_pooling(cfg)
+        self.fusion = build_fusion(cfg, self.backbone)
+        self.contrastive = QueryContrastiveLoss(lcfg["temperature"], lcfg["learn_temperature"], lcfg["max_logit_scale"],
+                                                lcfg["negatives"], lcfg["symmetric"])
+        self.weights = dict(lcfg["weights"])
+        self.recon = bool(lcfg["recon"])
+        if self.recon:
+            self.text_recon = TextReconstructor(cfg, self.backbone.clip.bert_config.vocab_size)
+            self.vision_recon = VisionReconstructor(cfg, self.backbone.vision_width, self.backbone.num_patches)
+
+    def encode_query(self, input_ids, attention_mask):
+        """-> L2-normalised q_cls [B, embed_dim]."""
+        return F.normalize(self.backbone.encode_text(input_ids, attention_mask)[0], dim=-1)
+
+    def _item_features(self, frames, input_ids, attention_mask):
+        if frames.dim() != 5:
+            raise ValueError(f"frames: expected [B, T, 3, H, W], got shape {tuple(frames.shape)}")
+        b, t = frames.shape[:2]
+        h, tokens = self.backbone.encode_frames(frames.flatten(0, 1))
+        h, tokens = h.view(b, t, -1), tokens.view(b, t, *tokens.shape[1:])
+        v_cls = self.video_pooling(h)
+        keep = self.fusion.start_layer if self.fusion.uses_tokens else None
+        t_cls, _, text_states = self.backbone.encode_text(input_ids, attention_mask, keep_layer=keep)
+        u_cls = self.fusion(v_cls, t_cls, text_states, attention_mask, tokens)
+        return u_cls, v_cls, t_cls, tokens
+
+    def encode_item(self, frames, input_ids, attention_mask):
+        """frames [B,T,3,H,W] (T = 1 for goods) + item text -> L2-normalised `fused`, `visual`, `text` [B, embed_dim]."""
+        u_cls, v_cls, t_cls, _ = self._item_features(frames, input_ids, attention_mask)
+        return {"fused": F.normalize(u_cls, dim=-1), "visual": F.normalize(v_cls, dim=-1),
+                "text": F.normalize(t_cls, dim=-1)}
+
+    def forward(self, batch):
+        missing = [k for k in BATCH_KEYS if k not in batch]
+        if missing:
+            raise KeyError(f"model batch lacks {missing}; expected keys {list(BATCH_KEYS)}")
+        q_cls = self.backbone.encode_text(batch["query_ids"], batch["query_mask"])[0]
+        u_cls, v_cls, t_cls, tokens = self._item_features(batch["frames"], batch["text_ids"], batch["text_mask"])
+        out = {"loss_qu": self.contrastive(q_cls, u_cls),
+               "loss_qv": self.contrastive(q_cls, v_cls),
+               "loss_qt": self.contrastive(q_cls, t_cls)}
+        if self.recon:
+            logits = self.text_recon(batch["query_ids"], batch["query_mask"], v_cls)
+            out["loss_recon_text"] = text_reconstruction_loss(logits, batch["query_ids"], batch["query_mask"])
+            # Targets and inputs are detached: only the decoder and, through u_cls, the item branch learn from it.
+            patches = tokens[:, :, 1:].mean(dim=1).detach()
+            pred, mask = self.vision_recon(patches, u_cls)
+            out["loss_recon_vision"] = vision_reconstruction_loss(pred, patches, mask)
+        else:
+            out["loss_recon_text"] = out["loss_recon_vision"] = q_cls.new_zeros(())
+        names = {"qu": "loss_qu", "qv": "loss_qv", "qt": "loss_qt",
+                 "recon_text": "loss_recon_text", "recon_vision": "loss_recon_vision"}
+        out["loss"] = sum(self.weights[w] * out[name] for w, name in names.items())
+        out["logit_scale"] = self.contrastive.scale().detach()
+        return out
+
+    def param_groups(self, cfg):
+        """Optimizer groups "visual" (train.lr_visual), "recon" (train.lr_recon), "other" (train.lr);
+        frozen parameters are left out, and so are groups left empty (e.g. recon off)."""
+        tcfg = cfg["train"]
+        groups = {"visual": [], "recon": [], "other": []}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.startswith("backbone.clip.visual."):
+                groups["visual"].append(p)
+            elif name.startswith(("text_recon.", "vision_recon.")):
+                groups["recon"].append(p)
+            else:
+                groups["other"].append(p)
+        lrs = {"visual": tcfg["lr_visual"], "recon": tcfg["lr_recon"], "other": tcfg["lr"]}
+        return [{"name": n, "params": ps, "lr": lrs[n], "weight_decay": tcfg["weight_decay"]}
+                for n, ps in groups.items() if ps]
