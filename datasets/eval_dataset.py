@@ -1,0 +1,97 @@
+"""The evaluation dataset: every item of a test list (query or gallery), in file order.
+
+Items are never dropped or duplicated. Frames follow the evaluation rule (segment centres),
+texts are used without augmentation. An unreadable image or text is an error naming the file,
+unless `skip_unreadable` is set: then the unreadable frames are black, a missing text is empty,
+and each case is counted (`stats()`) and logged.
+"""
+import logging
+import os
+
+import torch
+
+from datasets.annotations import AnnotationError, parse_item_list, read_goods_text, read_video_text
+from datasets.counters import SharedCounters
+from datasets.frames import UnreadableImage, decode_video, load_image, segment_indices, stack_frames
+from datasets.text import goods_title, video_text
+from datasets.transforms import EvalClipTransform
+
+logger = logging.getLogger(__name__)
+
+
+class EvalDataset:
+    def __init__(self, paths, list_path, tokenizer, *, num_frames, image_size, text_max_len,
+                 frame_source="images", skip_unreadable=False):
+        if frame_source not in ("images", "raw"):
+            raise ValueError(f"data.frame_source must be images or raw, got {frame_source!r}")
+        self.paths = paths
+        self.list_path = list_path
+        self.items = parse_item_list(list_path)
+        self.tokenizer = tokenizer
+        self.num_frames = num_frames
+        self.image_size = image_size
+        self.text_max_len = text_max_len
+        self.frame_source = frame_source
+        self.skip_unreadable = skip_unreadable
+        self.transform = EvalClipTransform(image_size)
+        self.counts = SharedCounters("black_frames", "empty_texts")
+
+    def __len__(self):
+        return len(self.items)
+
+    def stats(self):
+        return {**self.counts.as_dict(), "truncation_rate": self.tokenizer.truncation_rate}
+
+    def __getitem__(self, index):
+        item = self.items[index]
+        text_ids, text_mask = self.tokenizer([self._text(item)], self.text_max_len)
+        return {"frames": self.transform(self._frames(item)), "text_ids": text_ids[0], "text_mask": text_mask[0],
+                "pid": item.pid, "index": index}
+
+    def _unreadable(self, item, error, what):
+        if not self.skip_unreadable:
+            raise UnreadableImage(error.path, f"{error.reason}; item {item.pid} of {self.list_path}. "
+                                              "Set data.skip_unreadable_eval=true to use a black frame instead") from None
+        logger.warning("%s: unreadable (%s); item %s of %s gets %s", error.path, error.reason, item.pid,
+                       self.list_path, what)
+
+    def _black(self):
+        return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8)
+
+    def _frames(self, item):
+        """uint8 [T, 3, H, W]: T = num_frames for a video, 1 for goods."""
+        if item.domain == "video" and self.frame_source == "raw":
+            try:
+                return decode_video(self.paths.raw_video_path(item.pid), self.num_frames)
+            except UnreadableImage as e:
+                self._unreadable(item, e, "black frames")
+                self.counts.add("black_frames", self.num_frames)
+                return torch.stack([self._black()] * self.num_frames)
+        indices = segment_indices(len(item.frames), self.num_frames if item.domain == "video" else 1)
+        loaded = {}
+        for i in dict.fromkeys(indices):  # a repeated (padding) frame is read once
+            try:
+                loaded[i] = load_image(os.path.join(self.paths.images_dir(item.domain), item.frames[i]))
+            except UnreadableImage as e:
+                self._unreadable(item, e, "a black frame")
+                self.counts.add("black_frames")
+                loaded[i] = self._black()
+        return stack_frames([loaded[i] for i in indices])
+
+    def _text(self, item):
+        """The item's text; an empty one (unreadable with skip on, or a file with the wrong number
+        of lines) is counted."""
+        path = os.path.join(self.paths.text_dir(item.domain), item.text_path)
+        try:
+            fields = read_goods_text(path) if item.domain == "goods" else read_video_text(path)
+        except (OSError, AnnotationError) as e:
+            if not self.skip_unreadable:
+                raise
+            logger.warning("%s: unreadable text (%s); item %s of %s gets an empty text", path, e, item.pid,
+                           self.list_path)
+            self.counts.add("empty_texts")
+            return ""
+        text = goods_title(fields) if item.domain == "goods" else video_text(fields)
+        if not text:
+            self.counts.add("empty_texts")
+        return text

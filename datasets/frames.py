@@ -1,0 +1,75 @@
+"""Which frames of a clip are used, and reading them as uint8 tensors.
+
+A list of L frames is split into T equal segments: training draws one frame uniformly in each
+segment, evaluation takes each segment's centre `int((2i+1)L/(2T))`. With fewer than T frames
+each frame is used once and the last one is repeated up to T. The same rule picks frame numbers
+inside a raw .mp4, of which only those frames are decoded.
+"""
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+class UnreadableImage(OSError):
+    """A frame, image or video that is missing or cannot be decoded; `path` names the file."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: unreadable ({reason})")
+
+
+def segment_indices(num_available, num_frames, rng=None):
+    """Indices into a list of `num_available` frames: one per segment, random within it with
+    `rng` (a random.Random; training), at its centre without (evaluation)."""
+    if num_available < 1:
+        raise ValueError("a clip needs at least one frame")
+    if num_available < num_frames:
+        return list(range(num_available)) + [num_available - 1] * (num_frames - num_available)
+    if rng is None:
+        return [(2 * i + 1) * num_available // (2 * num_frames) for i in range(num_frames)]
+    # segment i is [floor(i*L/T), floor((i+1)*L/T)), never empty when L >= T
+    return [rng.randrange(i * num_available // num_frames, (i + 1) * num_available // num_frames)
+            for i in range(num_frames)]
+
+
+def load_image(path):
+    """An RGB image file -> uint8 tensor [3, H, W]; UnreadableImage if missing or corrupt."""
+    try:
+        with Image.open(path) as img:
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            array = np.array(img)  # a writable copy, as torch.from_numpy wants
+    except FileNotFoundError:
+        raise UnreadableImage(path, "file not found") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # PIL reports truncated or corrupt data as OSError/SyntaxError depending on the format
+        raise UnreadableImage(path, str(e) or type(e).__name__) from None
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def stack_frames(frames):
+    """[3, H, W] frames -> [T, 3, H, W]; frames of another size are resized to the first's."""
+    size = list(frames[0].shape[-2:])
+    if any(list(f.shape[-2:]) != size for f in frames[1:]):
+        from torchvision.transforms.v2.functional import resize
+
+        frames = [f if list(f.shape[-2:]) == size else resize(f, size, antialias=True) for f in frames]
+    return torch.stack(frames)
+
+
+def decode_video(path, num_frames, rng=None):
+    """Decode only the frames picked by the segment rule from a video file -> uint8 [T, 3, H, W]."""
+    import decord
+
+    if not os.path.isfile(path):  # decord would only say "Error reading"
+        raise UnreadableImage(path, "file not found")
+    try:
+        reader = decord.VideoReader(str(path), num_threads=1)
+        indices = segment_indices(len(reader), num_frames, rng)
+        array = reader.get_batch(indices).asnumpy()
+    except (decord.DECORDError, RuntimeError, ValueError) as e:
+        raise UnreadableImage(path, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,79 @@
+"""Builders of the training loader and the evaluation dataset from a config, and their collates."""
+import random
+
+import numpy as np
+import torch
+
+from datasets.annotations import DatasetPaths, parse_train_file
+from datasets.eval_dataset import EvalDataset
+from datasets.sampler import DomainBatchSampler
+from datasets.tokenizer import Tokenizer
+from datasets.train_dataset import TrainDataset
+
+TRAIN_TENSOR_KEYS = ("query_ids", "query_mask", "frames", "text_ids", "text_mask")
+EVAL_TENSOR_KEYS = ("frames", "text_ids", "text_mask")
+
+
+def collate_train(samples):
+    """Training samples of one domain -> the batch dict of the data contract."""
+    domains = {s["domain"] for s in samples}
+    if len(domains) != 1:
+        raise ValueError(f"a training batch must be domain-pure, got domains {sorted(domains)}")
+    batch = {key: torch.stack([s[key] for s in samples]) for key in TRAIN_TENSOR_KEYS}
+    batch["domain"] = domains.pop()
+    batch["pids"] = torch.tensor([s["pid"] for s in samples], dtype=torch.long)
+    batch["query_index"] = torch.tensor([s["query_index"] for s in samples], dtype=torch.long)
+    return batch
+
+
+def collate_eval(items):
+    """Evaluation items -> dict of frames [B,T,3,H,W], text_ids/text_mask [B,Lt], pid and index LongTensor[B]."""
+    lengths = {item["frames"].shape[0] for item in items}
+    if len(lengths) != 1:
+        raise ValueError(f"an evaluation batch mixes clips of {sorted(lengths)} frames: keep one domain per list")
+    batch = {key: torch.stack([item[key] for item in items]) for key in EVAL_TENSOR_KEYS}
+    batch["pid"] = torch.tensor([item["pid"] for item in items], dtype=torch.long)
+    batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
+    return batch
+
+
+class _SeedWorker:
+    """worker_init_fn: worker w of rank r seeds python, numpy and torch with seed + r + w."""
+
+    def __init__(self, seed):
+        self.seed = seed
+
+    def __call__(self, worker_id):
+        seed = self.seed + worker_id
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        torch.set_num_threads(1)  # the workers already share the cores between them
+
+
+def build_train_loader(cfg, rank, world_size):
+    """-> (DataLoader of domain-pure batches for this rank, its DomainBatchSampler)."""
+    data = cfg["data"]
+    paths = DatasetPaths(data["root"], data["dataset"])
+    entries = parse_train_file(paths.train_file)
+    sampler = DomainBatchSampler(entries, cfg["train"]["batch_size"], rank, world_size, seed=cfg["seed"])
+    dataset = TrainDataset(
+        paths, entries, Tokenizer(), num_frames=data["num_frames"], image_size=data["image_size"],
+        query_max_len=data["query_max_len"], text_max_len=data["text_max_len"], crop_scale=data["crop_scale"],
+        frame_source=data["frame_source"], seed=cfg["seed"], title_aug_prob=data["title_aug_prob"],
+        video_text_keep_prob=data["video_text_keep_prob"])
+    workers = data["num_workers"]
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate_train, num_workers=workers,
+        worker_init_fn=_SeedWorker(cfg["seed"] + rank), generator=torch.Generator().manual_seed(cfg["seed"] + rank),
+        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+    return loader, sampler
+
+
+def build_eval_dataset(cfg, list_path):
+    """The items of one test list (test_file/*_query.txt or *_gallery.txt), in file order."""
+    data = cfg["data"]
+    return EvalDataset(
+        DatasetPaths(data["root"], data["dataset"]), list_path, Tokenizer(), num_frames=data["num_frames"],
+        image_size=data["image_size"], text_max_len=data["text_max_len"], frame_source=data["frame_source"],
+        skip_unreadable=data["skip_unreadable_eval"])

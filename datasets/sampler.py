@@ -1,0 +1,79 @@
+"""The domain-pure distributed batch sampler of DATA_FORMAT.md.
+
+Every rank computes the same epoch plan from (seed, epoch) alone: each query draws one sample
+(its domain 50/50 when it has both, then an item uniformly), the samples of each domain are
+shuffled and cut into global batches of batch_size x world_size, a remainder too short for a
+whole global batch is dropped, and the global batches are put in a shuffled order. Rank r
+takes the r-th slice of batch_size samples of every global batch. A query therefore appears at
+most once per global batch, the ranks' batches are disjoint, and a global batch with W ranks is
+the batch a single process would get with batch_size x W.
+"""
+import random
+from collections import namedtuple
+
+DOMAINS = ("goods", "video")
+
+# What the dataset receives for one sample; `epoch` makes its augmentation seed epoch-specific.
+TrainSample = namedtuple("TrainSample", "epoch query_index domain pid")
+
+
+class DomainBatchSampler:
+    """Yields lists of `TrainSample`, `batch_size` per batch, for this rank.
+
+    `set_epoch(epoch, start_batch=0)` selects the epoch's plan; `start_batch` skips the first
+    batches (resuming in the middle of an epoch without reading them). `len()` is the number of
+    batches the next iteration yields.
+    """
+
+    def __init__(self, entries, batch_size, rank=0, world_size=1, seed=0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of size {world_size}")
+        self.entries = entries
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.start_batch = 0
+        self._set_plan(0)
+
+    def set_epoch(self, epoch, start_batch=0):
+        if epoch != self.epoch:
+            self._set_plan(epoch)
+        if not 0 <= start_batch <= len(self._plan):
+            raise ValueError(f"start_batch {start_batch} outside the {len(self._plan)} batches of epoch {epoch}")
+        self.start_batch = start_batch
+
+    def _set_plan(self, epoch):
+        self.epoch = epoch
+        self._plan = self.global_batches(epoch)
+
+    def global_batches(self, epoch):
+        """The epoch's global batches, in order: lists of batch_size x world_size TrainSample."""
+        # a string seed is hashed by `random` itself: the same on every rank and every run
+        rng = random.Random(f"domain-batches:{self.seed}:{epoch}")
+        by_domain = {d: [] for d in DOMAINS}
+        for index, entry in enumerate(self.entries):
+            if entry.goods and entry.videos:
+                domain = DOMAINS[rng.random() < 0.5]
+            else:
+                domain = "goods" if entry.goods else "video"
+            pids = entry.goods if domain == "goods" else entry.videos
+            by_domain[domain].append(TrainSample(epoch, index, domain, rng.choice(pids)))
+        global_size = self.batch_size * self.world_size
+        batches = []
+        for domain in DOMAINS:
+            samples = by_domain[domain]
+            rng.shuffle(samples)
+            batches += [samples[i:i + global_size] for i in range(0, len(samples) - global_size + 1, global_size)]
+        rng.shuffle(batches)
+        return batches
+
+    def __iter__(self):
+        lo = self.rank * self.batch_size
+        for batch in self._plan[self.start_batch:]:
+            yield batch[lo:lo + self.batch_size]
+
+    def __len__(self):
+        return len(self._plan) - self.start_batch

@@ -1,0 +1,145 @@
+"""The training dataset: one `TrainSample` of the batch sampler -> one tokenized, transformed sample.
+
+A goods sample is a 1-frame clip of its image with the (augmented) title; a video sample is T
+frames picked by the segment rule with its video text, parts kept with probability 0.8. All the
+randomness of a sample comes from a seed derived from (seed, epoch, query, domain, item), so a
+sample is the same whichever worker loads it, and after a resume.
+
+An item whose image (goods) or every frame (video) cannot be read is counted, logged once per
+file, and replaced by another item of the same domain: first the query's other items of that
+domain, else items of other queries, drawn from the sample's own seed. A video frame that cannot
+be read is left out of that video's frame list.
+"""
+import logging
+import os
+import random
+
+from datasets.annotations import AnnotationError, read_frame_ids, read_goods_text, read_video_text
+from datasets.counters import SharedCounters
+from datasets.frames import UnreadableImage, decode_video, load_image, segment_indices, stack_frames
+from datasets.text import augment_title, goods_title, video_text
+from datasets.transforms import TrainClipTransform
+
+logger = logging.getLogger(__name__)
+
+MAX_REPLACEMENTS = 50  # a sample still unreadable after this many draws points at a broken dataset
+
+
+class TrainDataset:
+    def __init__(self, paths, entries, tokenizer, *, num_frames, image_size, query_max_len, text_max_len,
+                 crop_scale=(0.64, 1.0), frame_source="images", seed=0, title_aug_prob=0.6,
+                 video_text_keep_prob=0.8):
+        if frame_source not in ("images", "raw"):
+            raise ValueError(f"data.frame_source must be images or raw, got {frame_source!r}")
+        self.paths = paths
+        self.entries = entries
+        self.tokenizer = tokenizer
+        self.num_frames = num_frames
+        self.query_max_len = query_max_len
+        self.text_max_len = text_max_len
+        self.frame_source = frame_source
+        self.seed = seed
+        self.title_aug_prob = title_aug_prob
+        self.video_text_keep_prob = video_text_keep_prob
+        self.transform = TrainClipTransform(image_size, crop_scale)
+        # queries that can stand in for an unreadable item, per domain
+        self._queries_with = {
+            "goods": [i for i, e in enumerate(entries) if e.goods],
+            "video": [i for i, e in enumerate(entries) if e.videos],
+        }
+        self.counts = SharedCounters("unreadable_images", "replaced_samples", "unreadable_texts", "empty_texts")
+        self._logged = set()  # per process: files already reported
+
+    def stats(self):
+        """Counts over all workers so far, and the tokenizer's truncation rate."""
+        return {**self.counts.as_dict(), "truncation_rate": self.tokenizer.truncation_rate}
+
+    def _items(self, query_index, domain):
+        entry = self.entries[query_index]
+        return entry.goods if domain == "goods" else entry.videos
+
+    def __getitem__(self, sample):
+        rng = random.Random(f"train-sample:{self.seed}:{sample.epoch}:{sample.query_index}:{sample.domain}:{sample.pid}")
+        query_index, pid = sample.query_index, sample.pid
+        tried = set()
+        for _ in range(MAX_REPLACEMENTS):
+            try:
+                frames = self._load_frames(sample.domain, pid, rng)
+                break
+            except UnreadableImage as e:
+                self.counts.add("unreadable_images")
+                self._log_once(e.path, f"unreadable ({e.reason}); drawing another {sample.domain} sample")
+                tried.add(pid)
+                self.counts.add("replaced_samples")
+                query_index, pid = self._replacement(query_index, sample.domain, tried, rng)
+        else:
+            raise RuntimeError(f"{MAX_REPLACEMENTS} {sample.domain} items in a row were unreadable, starting with "
+                               f"pid {sample.pid}: check {self.paths.data_dir}")
+        text = self._text(sample.domain, pid, rng)
+        query_ids, query_mask = self.tokenizer([self.entries[query_index].query], self.query_max_len)
+        text_ids, text_mask = self.tokenizer([text], self.text_max_len)
+        return {
+            "query_ids": query_ids[0], "query_mask": query_mask[0],
+            "frames": self.transform(frames, seed=rng.getrandbits(63)),
+            "text_ids": text_ids[0], "text_mask": text_mask[0],
+            "domain": sample.domain, "pid": pid, "query_index": query_index,
+        }
+
+    def _replacement(self, query_index, domain, tried, rng):
+        others = [p for p in self._items(query_index, domain) if p not in tried]
+        if others:
+            return query_index, rng.choice(others)
+        query_index = rng.choice(self._queries_with[domain])
+        return query_index, rng.choice(self._items(query_index, domain))
+
+    def _log_once(self, path, message):
+        if path not in self._logged:
+            self._logged.add(path)
+            logger.warning("%s: %s", path, message)
+
+    def _load_frames(self, domain, pid, rng):
+        """uint8 [T, 3, H, W] (T = 1 for goods)."""
+        if domain == "goods":
+            return load_image(self.paths.image_path(pid))[None]
+        if self.frame_source == "raw":
+            return decode_video(self.paths.raw_video_path(pid), self.num_frames, rng)
+        frameid_path = self.paths.frameid_path(pid)
+        try:
+            names = read_frame_ids(frameid_path)
+        except (OSError, AnnotationError) as e:
+            raise UnreadableImage(frameid_path, str(e)) from None
+        frame_paths = [os.path.join(self.paths.images_dir("video"), name) for name in names]
+        loaded = {}
+        while frame_paths:
+            indices = segment_indices(len(frame_paths), self.num_frames, rng)
+            try:
+                for i in indices:
+                    if frame_paths[i] not in loaded:
+                        loaded[frame_paths[i]] = load_image(frame_paths[i])
+            except UnreadableImage as e:
+                # sample again over the readable frames (repeat-last padding if fewer than T remain)
+                self.counts.add("unreadable_images")
+                self._log_once(e.path, f"unreadable ({e.reason}); frame left out of video {pid}")
+                frame_paths.remove(e.path)
+                continue
+            return stack_frames([loaded[frame_paths[i]] for i in indices])
+        raise UnreadableImage(frameid_path, "none of the listed frames is readable")
+
+    def _text(self, domain, pid, rng):
+        """The item's text with its training-time augmentation; a file with no usable text
+        (missing, or with the wrong number of lines) gives '' and is counted."""
+        path = self.paths.text_path(domain, pid)
+        try:
+            fields = read_goods_text(path) if domain == "goods" else read_video_text(path)
+        except (OSError, AnnotationError) as e:
+            self.counts.add("unreadable_texts")
+            self._log_once(path, f"unreadable text ({e}); using an empty text")
+            return ""
+        if domain == "goods":
+            text = goods_title(fields)
+            if not text:
+                self.counts.add("empty_texts")
+            return augment_title(text, rng, self.title_aug_prob)
+        if not video_text(fields):
+            self.counts.add("empty_texts")
+        return video_text(fields, rng, self.video_text_keep_prob)
