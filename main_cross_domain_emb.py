@@ -1,0 +1,431 @@
+"""Train the query-driven cross-domain embedding model (QCD), or hand over to feature extraction.
+
+    python main_cross_domain_emb.py --config configs/qcd_real400k.yaml [key.sub=value ...]
+    torchrun --nproc_per_node=8 main_cross_domain_emb.py --config CFG [key=value ...]   (see train.sh)
+    python main_cross_domain_emb.py --config CFG --evaluate [eval.checkpoint=...]
+
+One process per GPU (NCCL), or CPU processes (gloo). The learning rate is a pure function of
+the global step, checkpoints hold everything needed to continue the run exactly (model,
+optimizer, GradScaler, scheduler, data position, per-rank RNG states), and `resume=auto`
+continues from the newest checkpoint in output_dir that loads.
+"""
+import argparse
+import contextlib
+import itertools
+import logging
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from utils import checkpoint as ckpt
+from utils.config import ConfigError, load_config, save_config
+from utils.distributed import barrier, cleanup, init_distributed
+from utils.logging import Meter, MetricsLog, setup_logger
+from utils.seed import get_rng_state, seed_data, seed_model_init, set_rng_state
+
+log = logging.getLogger("qcd")
+
+CHOICES = {
+    ("dist_backend",): ("auto", "nccl", "gloo"),
+    ("train", "mode"): ("q", "ft"),
+    ("train", "optimizer"): ("adam", "adamw"),
+    ("train", "amp"): ("bf16", "fp16", "none"),
+    ("train", "find_unused_parameters"): (None, True, False),
+}
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def validate_config(cfg):
+    """Reject values the training loop cannot run with, before any work is done."""
+    for path, allowed in CHOICES.items():
+        value = cfg
+        for p in path:
+            value = value[p]
+        if value not in allowed:
+            extra = "; train.mode=infer has no training: evaluate with --evaluate" if path == ("train", "mode") and value == "infer" else ""
+            raise ConfigError(f"{'.'.join(path)}={value!r}: expected one of {list(allowed)}{extra}")
+    t = cfg["train"]
+    for key in ("epochs", "batch_size", "save_every_steps", "keep_last", "log_every"):
+        if t[key] is None or t[key] < 1:
+            raise ConfigError(f"train.{key}={t[key]!r}: expected an integer >= 1")
+    for key in ("max_steps", "threads"):
+        if t[key] is not None and t[key] < 1:
+            raise ConfigError(f"train.{key}={t[key]!r}: expected null or an integer >= 1")
+    if t["warmup_steps"] < 0:
+        raise ConfigError(f"train.warmup_steps={t['warmup_steps']!r}: expected an integer >= 0")
+    for key in ("lr", "lr_visual", "lr_recon"):
+        if not t[key] >= 0:
+            raise ConfigError(f"train.{key}={t[key]!r}: expected a learning rate >= 0")
+    if t["grad_clip"] is not None and not t["grad_clip"] > 0:
+        raise ConfigError(f"train.grad_clip={t['grad_clip']!r}: expected null (off) or a norm > 0")
+    if not cfg["output_dir"]:
+        raise ConfigError("output_dir is empty: expected a folder for checkpoints and logs")
+    if cfg["resume"] not in (None, "auto") and not os.path.isfile(cfg["resume"]):
+        raise ConfigError(f"resume={cfg['resume']!r}: expected null, auto or an existing checkpoint file")
+    if cfg["init_from"] is not None and not os.path.isfile(cfg["init_from"]):
+        raise ConfigError(f"init_from={cfg['init_from']!r}: checkpoint file not found")
+
+
+def find_unused_parameters(cfg):
+    """DDP must look for unused parameters only when the config leaves parts of the model out of the loss."""
+    setting = cfg["train"]["find_unused_parameters"]
+    if setting is not None:
+        return setting
+    weights = cfg["loss"]["weights"]
+    return cfg["train"]["mode"] != "q" or not cfg["loss"]["recon"] or any(w == 0 for w in weights.values())
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+def lr_factor(step, warmup_steps, total_steps):
+    """Multiplier of the base lr for the optimizer step `step` (0-based): linear warm-up, then linear decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if total_steps <= warmup_steps:
+        return 1.0
+    return max(0.0, (total_steps - step) / (total_steps - warmup_steps))
+
+
+def build_optimizer(cfg, model):
+    """Adam/AdamW over the model's named parameter groups (visual / recon / other), each with its own lr."""
+    t = cfg["train"]
+    groups = model.param_groups(cfg)
+    for g in groups:
+        g.setdefault("weight_decay", t["weight_decay"])
+    cls = torch.optim.AdamW if t["optimizer"] == "adamw" else torch.optim.Adam
+    return cls(groups, lr=t["lr"], weight_decay=t["weight_decay"])
+
+
+def build_scheduler(optimizer, cfg, total_steps):
+    warmup = cfg["train"]["warmup_steps"]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total_steps))
+
+
+def set_schedule_step(optimizer, scheduler, global_step, warmup_steps, total_steps):
+    """Put the scheduler at `global_step`: the lr of each group is base lr x lr_factor(global_step)."""
+    scheduler.last_epoch = global_step
+    for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        g["lr"] = base * lr_factor(global_step, warmup_steps, total_steps)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+def _group_name(group, i):
+    return group.get("name", f"group{i}")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class _SkipBatches:
+    """A batch sampler without its first `n` batches (indices only: nothing is loaded)."""
+
+    def __init__(self, batch_sampler, n):
+        self.batch_sampler = batch_sampler
+        self.n = n
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batch_sampler), self.n, None)
+
+    def __len__(self):
+        return max(0, len(self.batch_sampler) - self.n)
+
+
+def skip_batches(loader, n):
+    """The same loader starting at batch `n` of the epoch (for resuming mid-epoch)."""
+    if n == 0:
+        return loader
+    if loader.batch_sampler is None:
+        raise TypeError("resuming mid-epoch needs a DataLoader driven by a batch sampler")
+    return DataLoader(
+        loader.dataset, batch_sampler=_SkipBatches(loader.batch_sampler, n), num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context, generator=loader.generator, timeout=loader.timeout,
+        prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None,
+    )
+
+
+def to_device(batch, device):
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _reduce_terms(terms, world_size):
+    """Mean of each loss term over ranks (also makes a NaN on one rank visible to all)."""
+    names = sorted(terms)
+    values = torch.stack([terms[k].detach().float().reshape(()) for k in names])
+    if world_size > 1:
+        dist.all_reduce(values)
+        values /= world_size
+    return dict(zip(names, values.tolist()))
+
+
+def check_finite(terms, global_step, last_checkpoint):
+    for name, value in terms.items():
+        if not math.isfinite(value):
+            raise NonFiniteLoss(
+                f"non-finite {name} = {value} at step {global_step}; stopping. "
+                f"Last good checkpoint: {last_checkpoint or 'none written in this run'}")
+
+
+def _gather_rng(world_size):
+    state = get_rng_state()
+    if world_size == 1:
+        return [state]
+    states = [None] * world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _startup_report(cfg, world_size, steps_per_epoch, total_steps, optimizer, device):
+    t = cfg["train"]
+    global_batch = t["batch_size"] * world_size
+    negatives = (global_batch if cfg["loss"]["negatives"] == "global" else t["batch_size"]) - 1
+    log.info("world size %d, device %s, amp %s, torch threads %d", world_size, device,
+             t["amp"] if device.type == "cuda" else "none (CPU)", torch.get_num_threads())
+    log.info("batch per process %d, global batch %d, negatives per query %d (loss.negatives=%s)",
+             t["batch_size"], global_batch, negatives, cfg["loss"]["negatives"])
+    log.info("steps per epoch %d, epochs %d, total steps %d, warm-up %d%s", steps_per_epoch, t["epochs"], total_steps,
+             t["warmup_steps"], f", stopping at step {t['max_steps']}" if t["max_steps"] else "")
+    for i, g in enumerate(optimizer.param_groups):
+        n = sum(p.numel() for p in g["params"])
+        log.info("param group %-6s lr %.3g, %d tensors, %.2fM parameters", _group_name(g, i), g["lr"], len(g["params"]), n / 1e6)
+
+
+def train(cfg, build_model=None, build_loader=None):
+    """Run (or continue) training as configured. Returns {"global_step", "checkpoint"}.
+
+    `build_model(cfg)` and `build_loader(cfg, rank, world_size)` default to the project's
+    models.build_model and datasets.build_train_loader.
+    """
+    if build_model is None:
+        from models import build_model
+    if build_loader is None:
+        from datasets import build_train_loader as build_loader
+    t = cfg["train"]
+    if t["threads"]:
+        torch.set_num_threads(t["threads"])
+    rank, local_rank, world_size, device = init_distributed(cfg)
+    try:
+        return _train(cfg, build_model, build_loader, rank, world_size, device)
+    finally:
+        cleanup()
+
+
+def _train(cfg, build_model, build_loader, rank, world_size, device):
+    t = cfg["train"]
+    out_dir = cfg["output_dir"]
+    main_proc = rank == 0
+    setup_logger(rank, out_dir)
+    if main_proc:
+        save_config(cfg, os.path.join(out_dir, "config.yaml"))
+
+    seed_model_init(cfg["seed"])
+    model = build_model(cfg).to(device)
+    resume_path, state = ckpt.resolve_resume(cfg["resume"], out_dir)
+    if resume_path is None and cfg["init_from"]:
+        report = ckpt.load_model_weights(model, cfg["init_from"], strict=False)
+        log.info("init_from %s: loaded %d tensors", cfg["init_from"], len(report["loaded"]))
+        for kind in ("missing", "unexpected", "mismatched"):
+            if report[kind]:
+                log.warning("init_from: %d %s (not loaded): %s", len(report[kind]), kind, ", ".join(report[kind]))
+    seed_data(cfg["seed"], rank)
+
+    loader, sampler = build_loader(cfg, rank, world_size)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise RuntimeError(f"the training set gives no full batch of {t['batch_size']} per rank on {world_size} ranks")
+    total_steps = t["epochs"] * steps_per_epoch
+
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    cuda = device.type == "cuda"
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t["amp"]) if cuda else None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    epoch, step_in_epoch, global_step, rng_states = 0, 0, 0, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        scheduler.load_state_dict(state["scheduler"])
+        epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        old_spe = state.get("steps_per_epoch", steps_per_epoch)
+        if old_spe != steps_per_epoch:
+            # another world size or batch: keep the share of the epoch done, restate the step count
+            step_in_epoch = round(step_in_epoch * steps_per_epoch / old_spe)
+            global_step = epoch * steps_per_epoch + step_in_epoch
+            log.warning("checkpoint made with %d steps per epoch (world size %s), now %d: continuing at epoch %d "
+                        "step %d (global step %d); the data order differs from the original run", old_spe,
+                        state.get("world_size"), steps_per_epoch, epoch, step_in_epoch, global_step)
+        set_schedule_step(optimizer, scheduler, global_step, t["warmup_steps"], total_steps)
+        if len(state["rng"]) == world_size:
+            rng_states = state["rng"][rank]
+        else:
+            seed_data(cfg["seed"] + global_step, rank)
+        log.info("resumed from %s: epoch %d, step %d of %d, global step %d", resume_path, epoch, step_in_epoch,
+                 steps_per_epoch, global_step)
+    elif cfg["resume"] == "auto":
+        log.info("resume=auto: no checkpoint in %s, starting from scratch", out_dir)
+
+    model_ddp = model
+    if world_size > 1:
+        unused = find_unused_parameters(cfg)
+        model_ddp = DistributedDataParallel(model, device_ids=[device.index] if cuda else None,
+                                            find_unused_parameters=unused)
+    _startup_report(cfg, world_size, steps_per_epoch, total_steps, optimizer, device)
+
+    metrics = MetricsLog(out_dir, main_proc)
+    last_ckpt = resume_path
+    last_saved_step = global_step if state is not None else None
+    global_batch = t["batch_size"] * world_size
+    max_steps = t["max_steps"] or total_steps
+    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+
+    def save(epoch_now, step_now):
+        nonlocal last_ckpt, last_saved_step
+        epoch_s, step_s = (epoch_now + 1, 0) if step_now == steps_per_epoch else (epoch_now, step_now)
+        rng = _gather_rng(world_size)  # every rank takes part; rank 0 writes
+        if main_proc:
+            last_ckpt = ckpt.save_checkpoint({
+                "model": ckpt.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch_s, "step_in_epoch": step_s, "global_step": global_step, "rng": rng, "config": cfg,
+                "world_size": world_size, "batch_size": t["batch_size"], "steps_per_epoch": steps_per_epoch,
+            }, out_dir, t["keep_last"])
+        last_saved_step = global_step
+
+    from tqdm import tqdm
+
+    model_ddp.train()
+    if step_in_epoch >= steps_per_epoch:
+        epoch, step_in_epoch = epoch + 1, 0
+    wait_meter, step_meter = Meter(), Meter()
+    try:
+        while epoch < t["epochs"] and global_step < max_steps:
+            sampler.set_epoch(epoch)
+            # Creating a loader iterator draws from the torch RNG; the saved states were taken
+            # after that draw mid-epoch and before it at an epoch boundary.
+            if rng_states is not None and step_in_epoch == 0:
+                set_rng_state(rng_states)
+            batches = iter(skip_batches(loader, step_in_epoch))
+            if rng_states is not None and step_in_epoch > 0:
+                set_rng_state(rng_states)
+            rng_states = None
+            bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{t['epochs']}",
+                       disable=not main_proc, dynamic_ncols=True, file=sys.stderr)
+            window_start = time.perf_counter()
+            window_steps = 0
+            while step_in_epoch < steps_per_epoch and global_step < max_steps:
+                t0 = time.perf_counter()
+                batch = to_device(next(batches), device)
+                t_data = time.perf_counter()
+                with autocast():
+                    out = model_ddp(batch)
+                terms = _reduce_terms({k: v for k, v in out.items() if k.startswith("loss")}, world_size)
+                check_finite(terms, global_step + 1, last_ckpt)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(out["loss"]).backward()
+                if t["grad_clip"]:
+                    scaler.unscale_(optimizer)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"]).item()
+                lrs = {f"lr/{_group_name(g, i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                global_step += 1
+                step_in_epoch += 1
+                window_steps += 1
+                bar.update(1)
+                t_end = time.perf_counter()
+                wait_meter.update(t_data - t0)
+                step_meter.update(t_end - t0)
+
+                if global_step % t["log_every"] == 0 or step_in_epoch == steps_per_epoch:
+                    scalars = {f"train/{k}": v for k, v in terms.items()}
+                    scalars.update(lrs)
+                    if "logit_scale" in out:
+                        scale = float(out["logit_scale"].detach().float().mean())
+                        scalars.update({"train/logit_scale": scale, "train/tau": 1.0 / scale})
+                    if t["grad_clip"]:
+                        scalars["train/grad_norm"] = grad_norm
+                    scalars["perf/samples_per_s"] = global_batch * window_steps / (t_end - window_start)
+                    scalars["perf/data_wait_fraction"] = wait_meter.sum / step_meter.sum
+                    scalars["perf/step_time_s"] = step_meter.avg
+                    scalars["epoch"] = epoch + step_in_epoch / steps_per_epoch
+                    metrics.log(global_step, scalars)
+                    bar.set_postfix({k[len("train/"):]: f"{v:.4f}" for k, v in scalars.items()
+                                     if k.startswith("train/loss")} | {"wait": f"{scalars['perf/data_wait_fraction']:.0%}"})
+                    wait_meter.reset()
+                    step_meter.reset()
+                    window_start, window_steps = time.perf_counter(), 0
+
+                if (global_step % t["save_every_steps"] == 0 or step_in_epoch == steps_per_epoch
+                        or global_step == max_steps):
+                    save(epoch, step_in_epoch)
+            bar.close()
+            if step_in_epoch == steps_per_epoch:
+                epoch, step_in_epoch = epoch + 1, 0
+        if last_saved_step != global_step:
+            save(epoch, step_in_epoch)
+        barrier()
+    finally:
+        metrics.close()
+    log.info("finished at global step %d; last checkpoint %s", global_step, last_ckpt)
+    return {"global_step": global_step, "checkpoint": last_ckpt}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def evaluate(cfg):
+    try:
+        from evaluation import run_evaluation
+    except ImportError as e:
+        raise SystemExit(f"--evaluate: the evaluator (evaluation.run_evaluation) is not available: {e}")
+    return run_evaluation(cfg)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="YAML experiment config (see configs/)")
+    p.add_argument("--evaluate", action="store_true", help="extract features and compute recall instead of training")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if not args.evaluate:
+            validate_config(cfg)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if args.evaluate:
+        return evaluate(cfg)
+    try:
+        train(cfg)
+    except NonFiniteLoss as e:
+        log.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Checkpoints: atomic writes, rotation, finding the latest valid one, loading weights.
+
+Files in `output_dir`: `checkpoint_<global_step:08d>.pth.tar` (the last `keep_last` are kept)
+and `checkpoint_latest.pth.tar` (the newest). Each file is written to a temporary name
+and renamed (`os.replace` is atomic on POSIX), so a process killed mid-write leaves at
+worst a `*.tmp` file, never a half-written checkpoint under a real name. Files copied or
+cut short by other means are caught when resuming: each candidate is loaded and checked.
+"""
+import glob
+import logging
+import os
+import re
+import shutil
+import signal
+
+import torch
+
+LATEST = "checkpoint_latest.pth.tar"
+_STEP_RE = re.compile(r"checkpoint_(\d+)\.pth\.tar$")
+REQUIRED_KEYS = ("model", "optimizer", "scaler", "scheduler", "epoch", "step_in_epoch", "global_step", "rng", "config")
+
+# Test hook: the writer of the checkpoint of this global step dies (SIGKILL) half-way through the file.
+KILL_ENV = "QCD_TEST_KILL_DURING_CHECKPOINT"
+
+log = logging.getLogger(__name__)
+
+
+def step_path(output_dir, global_step):
+    return os.path.join(output_dir, f"checkpoint_{global_step:08d}.pth.tar")
+
+
+def strip_module_prefix(state_dict):
+    """State dict keys without DDP's `module.` prefix."""
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _write_atomic(obj, path, global_step=None):
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    if global_step is not None and os.environ.get(KILL_ENV) == str(global_step):
+        with open(tmp, "r+b") as f:
+            f.truncate(os.path.getsize(tmp) // 2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.replace(tmp, path)
+
+
+def _link_or_copy(src, dst):
+    tmp = dst + ".tmp"
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def step_checkpoints(output_dir):
+    """[(global_step, path)] of the step checkpoints in output_dir, oldest first."""
+    found = []
+    for path in glob.glob(os.path.join(output_dir, "checkpoint_*.pth.tar")):
+        m = _STEP_RE.search(os.path.basename(path))
+        if m:
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def save_checkpoint(state, output_dir, keep_last):
+    """Write `state` as the checkpoint of state['global_step'], point `latest` at it, drop old ones."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = step_path(output_dir, state["global_step"])
+    _write_atomic(state, path, state["global_step"])
+    _link_or_copy(path, os.path.join(output_dir, LATEST))
+    for _, old in step_checkpoints(output_dir)[:-keep_last]:
+        os.remove(old)
+    return path
+
+
+def load_checkpoint(path):
+    """Load a checkpoint on the CPU (tensors and plain Python values only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _check(path):
+    state = load_checkpoint(path)
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"missing keys {missing}")
+    return state
+
+
+def find_latest_valid(output_dir):
+    """(path, state) of the newest checkpoint in output_dir that loads completely, or (None, None)."""
+    candidates = [p for _, p in reversed(step_checkpoints(output_dir))]
+    latest = os.path.join(output_dir, LATEST)
+    if os.path.exists(latest):
+        candidates.append(latest)
+    for path in candidates:
+        try:
+            return path, _check(path)
+        except Exception as e:  # a truncated zip raises RuntimeError, a foreign file anything
+            log.warning("skipping unreadable checkpoint %s: %s", path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return None, None
+
+
+def resolve_resume(resume, output_dir):
+    """(path, state) to resume from: `auto` = latest valid in output_dir (None if there is none), or a path."""
+    if resume is None:
+        return None, None
+    if resume == "auto":
+        return find_latest_valid(output_dir)
+    if not os.path.isfile(resume):
+        raise FileNotFoundError(f"resume: checkpoint not found: {resume}")
+    try:
+        return resume, _check(resume)
+    except Exception as e:
+        raise RuntimeError(f"resume: {resume} is not a readable training checkpoint ({e})") from None
+
+
+def _model_state(obj, path):
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise ValueError(f"{path}: expected a checkpoint with a 'model' or 'state_dict' mapping of tensors")
+    return strip_module_prefix(obj)
+
+
+def load_model_weights(model, path, strict=True):
+    """Load the model weights of a checkpoint (ours, or any file with a `state_dict`) into `model`.
+
+    strict=True: every parameter must be present with the same shape. strict=False: load what
+    matches and return a report {"loaded", "missing", "unexpected", "mismatched"} of the rest.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    state = _model_state(torch.load(path, map_location="cpu", weights_only=True), path)
+    model = unwrap(model)
+    own = model.state_dict()
+    mismatched = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    matching = {k: v for k, v in state.items() if k in own and k not in mismatched}
+    report = {
+        "loaded": sorted(matching),
+        "missing": sorted(k for k in own if k not in matching),
+        "unexpected": sorted(k for k in state if k not in own),
+        "mismatched": [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched],
+    }
+    if strict and (report["missing"] or report["unexpected"] or report["mismatched"]):
+        parts = [f"{name}: {report[name][:5]}{' ...' if len(report[name]) > 5 else ''}"
+                 for name in ("missing", "unexpected", "mismatched") if report[name]]
+        raise RuntimeError(f"{path} does not match the model ({'; '.join(parts)})")
+    model.load_state_dict(matching, strict=False)
+    return report

@@ -1,0 +1,74 @@
+"""Process-group set-up for torchrun (env://), SLURM (one srun task per GPU) or a single process.
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT. Under plain
+`srun python main_cross_domain_emb.py` the ranks come from SLURM_PROCID / SLURM_NTASKS /
+SLURM_LOCALID and MASTER_ADDR / MASTER_PORT must be exported by the batch script
+(scripts/slurm_train.sh launches torchrun instead, so it takes the first path).
+"""
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def _ranks_from_env(env):
+    """(rank, local_rank, world_size, source) found in the environment."""
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"]), "torchrun"
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"]), "slurm"
+    return 0, 0, 1, "single"
+
+
+def pick_backend(requested, cuda_available):
+    if requested == "auto":
+        return "nccl" if cuda_available else "gloo"
+    if requested == "nccl" and not cuda_available:
+        raise RuntimeError("dist_backend=nccl needs CUDA; use gloo (or auto) on a CPU machine")
+    return requested
+
+
+def init_distributed(cfg, env=None):
+    """Join the process group (if there is more than one process). Returns (rank, local_rank, world_size, device)."""
+    env = os.environ if env is None else env
+    rank, local_rank, world_size, source = _ranks_from_env(env)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1:
+        if source == "slurm" and ("MASTER_ADDR" not in env or "MASTER_PORT" not in env):
+            raise RuntimeError("SLURM launch without torchrun: export MASTER_ADDR and MASTER_PORT "
+                               "(scripts/slurm_train.sh does this)")
+        backend = pick_backend(cfg.get("dist_backend", "auto"), cuda)
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(minutes=60),
+                                device_id=device if backend == "nccl" else None)
+    return rank, local_rank, world_size, device
+
+
+def is_dist():
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank():
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size():
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main():
+    return get_rank() == 0
+
+
+def barrier():
+    if is_dist():
+        dist.barrier()
+
+
+def cleanup():
+    if is_dist():
+        dist.destroy_process_group()
