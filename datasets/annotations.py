@@ -112,9 +112,9 @@ def _read_text(path):
         raise AnnotationError(path, None, f"expected UTF-8 text ({e})") from None
 
 
-def _file_lines(text):
-    """Lines of a whole file; a final newline does not open an extra line."""
-    lines = text.split("\n")
+def read_file_lines(path):
+    """All lines of a small file (blank ones included); a final newline does not open an extra line."""
+    lines = _read_text(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [line.rstrip("\r") for line in lines]
@@ -148,7 +148,7 @@ def _split_fields(line, count, layout, path, lineno):
 
 def read_goods_text(path):
     """The 6 fields of a goods text file; with another number of lines every field (the title included) is ''."""
-    lines = _file_lines(_read_text(path))
+    lines = read_file_lines(path)
     if len(lines) != len(GOODS_TEXT_FIELDS):
         return dict.fromkeys(GOODS_TEXT_FIELDS, "")
     return {name: line.strip() for name, line in zip(GOODS_TEXT_FIELDS, lines)}
@@ -159,7 +159,7 @@ def read_video_text(path):
 
     A file without exactly 3 lines gives None for all three (counted by the caller, like goods).
     """
-    lines = _file_lines(_read_text(path))
+    lines = read_file_lines(path)
     if len(lines) != len(VIDEO_TEXT_FIELDS):
         return dict.fromkeys(VIDEO_TEXT_FIELDS)
     out = {}

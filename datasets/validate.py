@@ -1,0 +1,315 @@
+"""Check a dataset root against every rule of shared/DATA_FORMAT.md.
+
+    python -m datasets.validate ROOT [--dataset Real400K] [--max-items N] [--decode-images]
+
+Prints counts and every problem (file:line and what was expected), grouped by kind,
+and exits with status 1 when a rule is violated. Warnings (allowed by the format but
+worth knowing: a goods text with another number of lines, a gt query whose relevant
+items are all missing from the gallery, ...) do not change the status.
+
+Annotation files are streamed line by line, so the real Real400K (hundreds of
+thousands of items) is fine; the per-item file checks (image, text, frameid and frame
+files exist) touch every referenced item unless `--max-items N` limits them to a
+fixed random sample of N items per group, and the shard-folder scan to N files per
+folder.
+"""
+import argparse
+import os
+import random
+import sys
+from collections import defaultdict
+
+from datasets.annotations import (DIRECTIONS, GALLERY_DOMAIN, GOODS_TEXT_FIELDS, QUERY_DOMAIN, SHARD_MODULUS,
+                                  VIDEO_TEXT_FIELDS, AnnotationError, DatasetPaths, iter_lines,
+                                  read_file_lines, parse_gt_line, parse_item_line, parse_train_line, read_frame_ids, shard)
+
+# layout folder -> extension of the <pid % 50000>/<pid>.<ext> files it holds
+SHARDED_FOLDERS = (("goods", "images", ".jpg"), ("goods", "text", ".txt"), ("video", "frameid", ".txt"),
+                   ("video", "text", ".txt"), ("video", "raw", ".mp4"))
+
+
+class Report:
+    """Problems grouped by kind (errors violate the format, warnings do not) and counts."""
+
+    def __init__(self, max_examples=20):
+        self.max_examples = max_examples
+        self.problems = {"error": defaultdict(list), "warning": defaultdict(list)}
+        self.totals = {"error": defaultdict(int), "warning": defaultdict(int)}
+        self.counts = {}
+
+    def add(self, severity, kind, message):
+        self.totals[severity][kind] += 1
+        if len(self.problems[severity][kind]) < self.max_examples:
+            self.problems[severity][kind].append(message)
+
+    def error(self, kind, message):
+        self.add("error", kind, message)
+
+    def warning(self, kind, message):
+        self.add("warning", kind, message)
+
+    @property
+    def num_errors(self):
+        return sum(self.totals["error"].values())
+
+    @property
+    def ok(self):
+        return self.num_errors == 0
+
+    def kinds(self, severity="error"):
+        return set(self.totals[severity])
+
+    def format(self):
+        out = ["counts:"] + [f"  {name}: {value}" for name, value in self.counts.items()]
+        for severity in ("error", "warning"):
+            for kind, total in sorted(self.totals[severity].items()):
+                out.append(f"{severity.upper()} {kind}: {total}")
+                out += [f"  {m}" for m in self.problems[severity][kind]]
+                if total > len(self.problems[severity][kind]):
+                    out.append(f"  ... and {total - len(self.problems[severity][kind])} more")
+        errors, warnings = self.num_errors, sum(self.totals["warning"].values())
+        out.append(f"{'OK' if self.ok else 'FAILED'}: {errors} violation(s), {warnings} warning(s)")
+        return "\n".join(out)
+
+
+def _sample(mapping, max_items):
+    """All (key, value) pairs, or a fixed random sample of max_items of them."""
+    keys = sorted(mapping)
+    if max_items is not None and len(keys) > max_items:
+        keys = sorted(random.Random(0).sample(keys, max_items))
+    return [(k, mapping[k]) for k in keys]
+
+
+class _Validator:
+    def __init__(self, root, dataset, max_items, decode_images, report):
+        self.paths = DatasetPaths(root, dataset)
+        self.max_items = max_items
+        self.decode_images = decode_images
+        self.report = report
+
+    # -- single files -----------------------------------------------------------------
+
+    def check_image(self, path, where):
+        if not os.path.isfile(path):
+            self.report.error("missing image", f"{where}: expected image {path}")
+            return
+        if self.decode_images:
+            from PIL import Image
+
+            try:
+                with Image.open(path) as im:
+                    im.load()
+            except Exception as e:  # PIL raises many types for corrupt files
+                self.report.error("unreadable image", f"{where}: {path}: {e}")
+
+    def check_text(self, path, domain, where):
+        if not os.path.isfile(path):
+            self.report.error(f"missing {domain} text", f"{where}: expected text file {path}")
+            return
+        try:
+            lines = read_file_lines(path)
+        except AnnotationError as e:
+            self.report.error(f"unreadable {domain} text", f"{where}: {e}")
+            return
+        expected = len(GOODS_TEXT_FIELDS if domain == "goods" else VIDEO_TEXT_FIELDS)
+        if len(lines) != expected:
+            effect = "its title counts as empty" if domain == "goods" else "its text counts as empty"
+            self.report.warning(f"{domain} text with {expected} lines expected",
+                                f"{path}: {len(lines)} lines ({effect})")
+
+    def check_frames(self, frames, domain, where):
+        images_dir = self.paths.images_dir(domain)
+        for frame in frames:
+            self.check_image(os.path.join(images_dir, frame), where)
+
+    def check_video(self, pid, where):
+        frameid = self.paths.frameid_path(pid)
+        if not os.path.isfile(frameid):
+            self.report.error("missing frameid file", f"{where}: expected frame list {frameid}")
+        else:
+            try:
+                self.check_frames(read_frame_ids(frameid), "video", where)
+            except AnnotationError as e:
+                self.report.error("bad frameid file", str(e))
+        self.check_text(self.paths.text_path("video", pid), "video", where)
+
+    # -- the parts of the layout ---------------------------------------------------------
+
+    def check_layout(self):
+        p = self.paths
+        required = [p.data_dir, p.queries, p.images_dir("goods"), p.text_dir("goods"), p.images_dir("video"),
+                    os.path.join(p.domain_dir("video"), "frameid"), p.text_dir("video"), p.train_file]
+        required += [f(d) for d in DIRECTIONS for f in (p.query_list, p.gallery_list, p.gt_file)]
+        for path in required:
+            if not os.path.exists(path):
+                self.report.error("missing from layout", f"expected {path}")
+        for level in (1, 2, 3):
+            path = p.entities_file(level)
+            if not os.path.isfile(path):
+                self.report.warning("missing entity list", f"expected {path} (needed by pre-training only)")
+            else:
+                self.report.counts[f"entities level{level}"] = sum(1 for _ in self.lines(path))
+
+    def lines(self, path):
+        """Non-blank lines of a file; an unreadable file is reported once and yields nothing."""
+        if not os.path.isfile(path):
+            return
+        try:
+            yield from iter_lines(path)
+        except AnnotationError as e:
+            self.report.error("unreadable file", str(e))
+
+    def check_queries(self):
+        self.report.counts["queries.txt lines"] = sum(1 for _ in self.lines(self.paths.queries))
+        if os.path.isfile(self.paths.queries) and not self.report.counts["queries.txt lines"]:
+            self.report.error("empty file", f"{self.paths.queries}: expected one query per line")
+
+    def check_train(self):
+        path = self.paths.train_file
+        goods, videos = {}, {}
+        n = goods_only = video_only = 0
+        for lineno, line in self.lines(path):
+            try:
+                entry = parse_train_line(line, path, lineno)
+            except AnnotationError as e:
+                self.report.error("bad train line", str(e))
+                continue
+            n += 1
+            goods_only += not entry.videos
+            video_only += not entry.goods
+            for pid in entry.goods:
+                goods.setdefault(pid, f"{path}:{lineno}")
+            for pid in entry.videos:
+                videos.setdefault(pid, f"{path}:{lineno}")
+        self.report.counts.update({"train queries": n, "train queries with goods only": goods_only,
+                                   "train queries with videos only": video_only,
+                                   "train goods": len(goods), "train videos": len(videos)})
+        for pid, where in _sample(goods, self.max_items):
+            self.check_image(self.paths.image_path(pid), where)
+            self.check_text(self.paths.text_path("goods", pid), "goods", where)
+        for pid, where in _sample(videos, self.max_items):
+            self.check_video(pid, where)
+
+    def read_items(self, path, domain):
+        """pid -> (TestItem, 'file:line') of a query or gallery list whose items must all be of `domain`."""
+        items = {}
+        for lineno, line in self.lines(path):
+            where = f"{path}:{lineno}"
+            try:
+                item = parse_item_line(line, path, lineno)
+            except AnnotationError as e:
+                self.report.error("bad item line", str(e))
+                continue
+            if item.domain != domain:
+                self.report.error("wrong domain", f"{where}: expected domain {domain}, got {item.domain}")
+                continue
+            if item.pid in items:
+                self.report.error("duplicate pid", f"{where}: pid {item.pid} already on {items[item.pid][1]}")
+                continue
+            expected_text = f"{shard(item.pid)}/{item.pid}.txt"
+            if os.path.normpath(item.text_path) != os.path.normpath(expected_text):
+                self.report.error("not in the pid % 50000 layout",
+                                  f"{where}: expected text path {expected_text}, got {item.text_path}")
+            if domain == "goods" and os.path.normpath(item.frames[0]) != os.path.normpath(
+                    f"{shard(item.pid)}/{item.pid}.jpg"):
+                self.report.error("not in the pid % 50000 layout",
+                                  f"{where}: expected image path {shard(item.pid)}/{item.pid}.jpg, got {item.frames[0]}")
+            items[item.pid] = (item, where)
+        return items
+
+    def check_items(self, items):
+        for pid, (item, where) in _sample(items, self.max_items):
+            self.check_frames(item.frames, item.domain, where)
+            self.check_text(os.path.join(self.paths.text_dir(item.domain), item.text_path), item.domain, where)
+            if item.domain == "video" and not os.path.isfile(self.paths.frameid_path(pid)):
+                self.report.warning("test video without frameid file", f"{where}: {self.paths.frameid_path(pid)}")
+
+    def check_direction(self, direction):
+        p = self.paths
+        queries = self.read_items(p.query_list(direction), QUERY_DOMAIN[direction])
+        gallery = self.read_items(p.gallery_list(direction), GALLERY_DOMAIN[direction])
+        gt_path = p.gt_file(direction)
+        seen, pairs = set(), 0
+        for lineno, line in self.lines(gt_path):
+            where = f"{gt_path}:{lineno}"
+            try:
+                query, relevant = parse_gt_line(line, gt_path, lineno)
+            except AnnotationError as e:
+                self.report.error("bad gt line", str(e))
+                continue
+            if query not in queries:
+                self.report.error("gt query not in the query list",
+                                  f"{where}: expected query {query} in {p.query_list(direction)}")
+            seen.add(query)
+            present = [pid for pid in relevant if pid in gallery]
+            pairs += len(present)
+            if not present:
+                self.report.warning("gt query without any relevant item in the gallery",
+                                    f"{where}: query {query} will be left out of the mean")
+            elif len(present) < len(relevant):
+                self.report.warning("gt item not in the gallery",
+                                    f"{where}: {len(relevant) - len(present)} of {len(relevant)} relevant ids absent")
+        for pid, (_, where) in queries.items():
+            if pid not in seen:
+                self.report.warning("query without gt line", f"{where}: query {pid} has no line in {gt_path}")
+        self.report.counts.update({f"{direction} queries": len(queries), f"{direction} gallery": len(gallery),
+                                   f"{direction} gt queries": len(seen), f"{direction} relevant pairs": pairs})
+        self.check_items(queries)
+        self.check_items(gallery)
+
+    def check_shard_folders(self):
+        for domain, folder, ext in SHARDED_FOLDERS:
+            top = os.path.join(self.paths.domain_dir(domain), folder)
+            if not os.path.isdir(top):
+                continue
+            checked = 0
+            with os.scandir(top) as entries:
+                for entry in sorted(entries, key=lambda e: e.name):
+                    if not entry.is_dir() or not entry.name.isdigit() or int(entry.name) >= SHARD_MODULUS:
+                        self.report.error("not in the pid % 50000 layout",
+                                          f"{entry.path}: expected a sub-folder named pid % {SHARD_MODULUS}")
+                        continue
+                    with os.scandir(entry.path) as files:
+                        for f in files:
+                            name, fext = os.path.splitext(f.name)
+                            if fext != ext or not name.isdigit() or int(name) % SHARD_MODULUS != int(entry.name):
+                                self.report.error("not in the pid % 50000 layout",
+                                                  f"{f.path}: expected <pid>{ext} with pid % {SHARD_MODULUS} == "
+                                                  f"{entry.name}")
+                            checked += 1
+                    if self.max_items is not None and checked >= self.max_items:
+                        break
+            self.report.counts[f"{domain}/{folder} files scanned"] = checked
+
+
+def validate(root, dataset="Real400K", max_items=None, decode_images=False, max_examples=20):
+    """Check `root` (the folder holding <dataset>/, train_file/, test_file/, entities/); returns a Report."""
+    report = Report(max_examples)
+    v = _Validator(root, dataset, max_items, decode_images, report)
+    v.check_layout()
+    if not os.path.isdir(v.paths.data_dir):
+        return report
+    v.check_queries()
+    v.check_train()
+    for direction in DIRECTIONS:
+        v.check_direction(direction)
+    v.check_shard_folders()
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Check a dataset root against shared/DATA_FORMAT.md.")
+    parser.add_argument("root", help="folder holding Real400K/ (or Real20M/), train_file/, test_file/, entities/")
+    parser.add_argument("--dataset", default="Real400K", help="sub-folder with query/, goods/, video/")
+    parser.add_argument("--max-items", type=int, default=None,
+                        help="check the files of at most N sampled items per group (default: all)")
+    parser.add_argument("--decode-images", action="store_true", help="also decode every checked image")
+    parser.add_argument("--max-examples", type=int, default=20, help="problems printed per kind")
+    args = parser.parse_args(argv)
+    report = validate(args.root, args.dataset, args.max_items, args.decode_images, args.max_examples)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
