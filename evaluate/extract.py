@@ -1,0 +1,127 @@
+"""Distributed feature extraction to disk.
+
+Each rank encodes its share of an item list (torch's DistributedSampler without shuffling:
+the list is padded by repeating its first items so every rank gets the same number) and
+writes `<dir>/shard_<rank>_of_<world>.npy` with `shard_<rank>_of_<world>_ids.txt` (list index
+and pid per row). Rank 0 then keeps each list index once, in list order, and writes
+`<dir>/feats.npy` + `<dir>/ids.txt`. A rerun skips shards already on disk, and a
+`meta.json` ties a folder to the checkpoint and list it was extracted from, so stale
+features are never mixed with new ones.
+"""
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from evaluate.features import merge_shards, read_shard, save_features, write_shard
+
+FEATURES = ("fused", "visual", "text")
+
+
+def shard_paths(out_dir, rank, world_size):
+    stem = os.path.join(out_dir, f"shard_{rank}_of_{world_size}")
+    return stem + ".npy", stem + "_ids.txt"
+
+
+def merged_paths(out_dir):
+    return os.path.join(out_dir, "feats.npy"), os.path.join(out_dir, "ids.txt")
+
+
+def _barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _check_meta(out_dir, meta):
+    path = os.path.join(out_dir, "meta.json")
+    if not os.path.exists(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    if old != meta:
+        changed = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+        raise RuntimeError(f"{out_dir} holds features of another run ({', '.join(changed)} differ: "
+                           f"{ {k: old.get(k) for k in changed} } on disk vs { {k: meta.get(k) for k in changed} }); "
+                           "delete the folder or set another eval.out_dir")
+    return True
+
+
+def _write_meta(out_dir, meta):
+    path = os.path.join(out_dir, "meta.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def _encode_shard(model, dataset, features, rank, world_size, device, batch_size, num_workers, collate_fn, desc):
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False, drop_last=False)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                        collate_fn=collate_fn, pin_memory=torch.device(device).type == "cuda")
+    model.eval()
+    feats = {f: [] for f in features}
+    indices, pids = [], []
+    start = time.time()
+    with tqdm(total=len(sampler), desc=desc, unit="item", disable=rank != 0, dynamic_ncols=True) as bar:
+        for batch in loader:
+            out = model.encode_item(batch["frames"].to(device, non_blocking=True), batch["text_ids"].to(device),
+                                    batch["text_mask"].to(device))
+            for f in features:
+                feats[f].append(out[f].float().cpu().numpy())
+            indices.extend(torch.as_tensor(batch["index"]).tolist())
+            pids.extend(torch.as_tensor(batch["pid"]).tolist())
+            bar.update(len(batch["frames"]))
+    if rank == 0:
+        seconds = time.time() - start
+        print(f"{desc}: {len(indices)} items per rank x {world_size} ranks in {seconds:.1f} s "
+              f"({len(indices) * world_size / max(seconds, 1e-9):.1f} items/s)", flush=True)
+    return {f: np.concatenate(v) for f, v in feats.items()}, indices, pids
+
+
+def extract_features(model, dataset, out_dirs, rank=0, world_size=1, device="cpu", batch_size=128,
+                     num_workers=0, dtype="float16", collate_fn=None, meta=None, desc="extract"):
+    """Encode every item of `dataset` once and write one merged feature file per feature type.
+
+    out_dirs: {feature name ("fused"|"visual"|"text"): folder}; all features come from one forward
+    pass. Call on every rank (a process group must exist when world_size > 1). Returns
+    {feature: (feats.npy, ids.txt)}; the files are complete on return on rank 0 only."""
+    unknown = set(out_dirs) - set(FEATURES)
+    if unknown:
+        raise ValueError(f"unknown feature types {sorted(unknown)}: expected some of {', '.join(FEATURES)}")
+    meta = dict(meta or {}, num_items=len(dataset), dtype=dtype)
+    for d in out_dirs.values():
+        os.makedirs(d, exist_ok=True)
+    had_meta = {f: _check_meta(d, meta) for f, d in out_dirs.items()}
+    done = {f for f, d in out_dirs.items() if had_meta[f] and all(map(os.path.exists, merged_paths(d)))}
+    todo = [f for f in out_dirs if f not in done
+            and not all(map(os.path.exists, shard_paths(out_dirs[f], rank, world_size)))]
+    _barrier()  # every rank has read meta.json before rank 0 (re)writes it
+    if rank == 0:
+        for f, d in out_dirs.items():
+            if not had_meta[f]:
+                _write_meta(d, meta)
+    if todo:
+        feats, indices, pids = _encode_shard(model, dataset, todo, rank, world_size, device, batch_size,
+                                             num_workers, collate_fn, desc)
+        for f in todo:
+            write_shard(*shard_paths(out_dirs[f], rank, world_size), feats[f], indices, pids, dtype)
+    elif rank == 0:
+        print(f"{desc}: features already on disk in {', '.join(out_dirs[f] for f in out_dirs)}", flush=True)
+    _barrier()
+    if rank == 0:
+        for f in out_dirs:
+            if f in done:
+                continue
+            shards = [shard_paths(out_dirs[f], r, world_size) for r in range(world_size)]
+            merged, merged_pids = merge_shards([read_shard(*p) for p in shards], len(dataset))
+            save_features(*merged_paths(out_dirs[f]), merged, merged_pids, dtype)
+            for p in shards:
+                for path in p:
+                    os.remove(path)
+    return {f: merged_paths(d) for f, d in out_dirs.items()}

@@ -1,0 +1,148 @@
+"""Feature files on disk.
+
+Binary (ours): `<name>.npy` holds an [N, D] float16 or float32 matrix and a text file holds
+the N item ids, one per line, in the same order. Text (the authors' format): one item per
+line, `pid \\t f1,f2,...,fD`. Writes go through a temporary file and `os.replace`, so an
+interrupted run never leaves a half-written file behind for a resume to trust.
+"""
+import os
+
+import numpy as np
+
+from datasets.annotations import AnnotationError, iter_lines, parse_pid
+
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def _atomic(path, write):
+    tmp = f"{path}.tmp{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_npy(path, array):
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+    _atomic(path, write)
+
+
+def write_ids(path, ids):
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(f"{i}\n" for i in ids)
+    _atomic(path, write)
+
+
+def read_ids(path):
+    return [parse_pid(line, path, lineno, "item id") for lineno, line in iter_lines(path)]
+
+
+def save_features(feats_path, ids_path, feats, ids, dtype="float32"):
+    """Write an [N, D] matrix as .npy in `dtype` and its N ids, one per line."""
+    if dtype not in DTYPES:
+        raise ValueError(f"feature dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    feats = np.asarray(feats)
+    if feats.ndim != 2 or feats.shape[0] != len(ids):
+        raise ValueError(f"{feats_path}: expected an [N, D] matrix for {len(ids)} ids, got shape {feats.shape}")
+    save_npy(feats_path, feats.astype(DTYPES[dtype], copy=False))
+    write_ids(ids_path, ids)
+
+
+def write_text_features(path, feats, ids):
+    """The authors' format, `pid \\t f1,f2,...` per line (kept for exchange with their tools)."""
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            for pid, row in zip(ids, np.asarray(feats, dtype=np.float32).tolist()):
+                f.write(f"{pid}\t{','.join(map(str, row))}\n")
+    _atomic(path, write)
+
+
+def read_text_features(path):
+    """Parse the authors' `pid \\t f1,f2,...` lines -> (float32 [N, D], ids)."""
+    ids, rows, dim = [], [], None
+    for lineno, line in iter_lines(path):
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise AnnotationError(path, lineno, f"expected 2 tab-separated fields (pid, comma-separated floats), "
+                                                f"got {len(fields)}")
+        ids.append(parse_pid(fields[0], path, lineno, "item id"))
+        try:
+            row = np.array(fields[1].split(","), dtype=np.float32)
+        except ValueError:
+            raise AnnotationError(path, lineno, "expected comma-separated floats in field 2") from None
+        if dim is None:
+            dim = row.size
+        elif row.size != dim:
+            raise AnnotationError(path, lineno, f"expected {dim} values like the first line, got {row.size}")
+        rows.append(row)
+    if not rows:
+        raise AnnotationError(path, None, "expected at least one feature line")
+    return np.stack(rows), ids
+
+
+def load_features(feats_path, ids_path=None):
+    """(float32 [N, D], ids) from a .npy + ids file, or from the authors' text format (ids inline)."""
+    if feats_path.endswith(".npy"):
+        if ids_path is None:
+            raise ValueError(f"{feats_path}: a .npy feature file needs its ids file (one id per line)")
+        feats = np.load(feats_path).astype(np.float32, copy=False)
+        ids = read_ids(ids_path)
+        if feats.ndim != 2 or feats.shape[0] != len(ids):
+            raise ValueError(f"{feats_path}: expected an [N, D] matrix with one row per id of {ids_path} "
+                             f"({len(ids)} ids), got shape {feats.shape}")
+    else:
+        feats, ids = read_text_features(feats_path)
+        if ids_path is not None and read_ids(ids_path) != ids:
+            raise ValueError(f"{ids_path}: ids differ from the ids inside {feats_path}")
+    seen = {}
+    for row, pid in enumerate(ids):
+        if pid in seen:
+            raise ValueError(f"{ids_path or feats_path}: item id {pid} appears twice (rows {seen[pid] + 1} "
+                             f"and {row + 1}); expected unique ids")
+        seen[pid] = row
+    return feats, ids
+
+
+def write_shard(feats_path, ids_path, feats, indices, pids, dtype="float32"):
+    """One rank's features; its ids file holds `list index \\t pid` lines so the merge can trim padding."""
+    if dtype not in DTYPES:
+        raise ValueError(f"feature dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    save_npy(feats_path, np.asarray(feats).astype(DTYPES[dtype], copy=False))
+    write_ids(ids_path, [f"{i}\t{p}" for i, p in zip(indices, pids)])
+
+
+def read_shard(feats_path, ids_path):
+    indices, pids = [], []
+    for lineno, line in iter_lines(ids_path):
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise AnnotationError(ids_path, lineno, f"expected 2 tab-separated fields (list index, pid), got {len(fields)}")
+        indices.append(parse_pid(fields[0], ids_path, lineno, "list index"))
+        pids.append(parse_pid(fields[1], ids_path, lineno, "item id"))
+    feats = np.load(feats_path)
+    if feats.ndim != 2 or feats.shape[0] != len(pids):
+        raise ValueError(f"{feats_path}: expected {len(pids)} rows like {ids_path}, got shape {feats.shape}")
+    return feats, indices, pids
+
+
+def merge_shards(shards, num_items):
+    """[(feats, indices, pids)] of all ranks -> (feats, pids) in list order, each item exactly once.
+
+    Ranks pad their share by repeating items; a repeated index is kept once (its pid must agree)."""
+    dim = shards[0][0].shape[1]
+    feats = np.zeros((num_items, dim), dtype=shards[0][0].dtype)
+    pids = [None] * num_items
+    for shard_feats, indices, shard_pids in shards:
+        for row, (index, pid) in enumerate(zip(indices, shard_pids)):
+            if index >= num_items:
+                raise ValueError(f"shard index {index} is outside the list of {num_items} items")
+            if pids[index] is None:
+                pids[index] = pid
+                feats[index] = shard_feats[row]
+            elif pids[index] != pid:
+                raise ValueError(f"list index {index} has pid {pids[index]} in one shard and {pid} in another")
+    missing = [i for i, p in enumerate(pids) if p is None]
+    if missing:
+        raise ValueError(f"{len(missing)} of {num_items} items are in no shard (first list indices {missing[:5]})")
+    return feats, pids

@@ -1,0 +1,123 @@
+"""A self-contained HTML page of retrieval results, after Figure 5 of the paper.
+
+Each row: a sampled query (blue box) and its top-k retrievals by descending score, ground
+truth in green boxes and the rest in red, with thumbnails (a few frames of a video, the
+image of a product), titles and scores. Images are embedded as base64 JPEG, so the single
+file can be mailed or opened anywhere.
+"""
+import base64
+import html
+import io
+import os
+import random
+
+import numpy as np
+from PIL import Image
+
+THUMB = (120, 90)  # max width, height of one thumbnail
+VIDEO_FRAMES = 3  # frames shown per video, evenly spaced over its clip
+COLORS = {"query": "#1f5fd6", "gt": "#00a000", "other": "#e00000"}
+
+STYLE = f"""
+body {{ font-family: sans-serif; margin: 16px; background: #fff; color: #222; }}
+.row {{ display: flex; gap: 10px; align-items: flex-start; margin: 14px 0; }}
+.item {{ border: 5px solid; padding: 3px; width: {VIDEO_FRAMES * 62 + 8}px; font-size: 11px; }}
+.query {{ border-color: {COLORS['query']}; margin-right: 14px; }}
+.gt {{ border-color: {COLORS['gt']}; }}
+.other {{ border-color: {COLORS['other']}; }}
+.thumbs {{ display: flex; gap: 2px; height: {THUMB[1] // 2 + 10}px; align-items: center; }}
+.thumbs img {{ max-height: {THUMB[1] // 2 + 10}px; max-width: 100%; }}
+.missing {{ width: 60px; height: 50px; background: #ccc; }}
+.title {{ overflow: hidden; height: 2.6em; }}
+"""
+
+
+def thumbnail(path):
+    """base64 JPEG of an image, or None when it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail(THUMB)
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=85)
+    except OSError:
+        return None
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _spread(frames, n):
+    if len(frames) <= n:
+        return list(frames)
+    return [frames[int((2 * i + 1) * len(frames) / (2 * n))] for i in range(n)]
+
+
+def dataset_items(paths, list_path):
+    """describe(pid) -> {"title", "images"} for the items of a query or gallery list (texts read on demand)."""
+    from datasets.annotations import parse_item_list, read_goods_text, read_video_text
+
+    items = {item.pid: item for item in parse_item_list(list_path)}
+
+    def describe(pid):
+        item = items[pid]
+        text_path = os.path.join(paths.text_dir(item.domain), item.text_path)
+        try:
+            if item.domain == "goods":
+                title = read_goods_text(text_path)["title"]
+            else:
+                text = read_video_text(text_path)
+                title = text["title"] or text["caption"] or text["text"] or ""
+        except OSError:
+            title = "(text file missing)"
+        images = [os.path.join(paths.images_dir(item.domain), f) for f in _spread(item.frames, VIDEO_FRAMES)]
+        return {"title": title, "images": images}
+
+    return describe
+
+
+def _item_html(kind, info, caption):
+    thumbs = []
+    for path in info["images"]:
+        data = thumbnail(path)
+        thumbs.append(f'<img src="data:image/jpeg;base64,{data}">' if data else
+                      f'<div class="missing" title="{html.escape(path)}"></div>')
+    return (f'<div class="item {kind}"><div class="thumbs">{"".join(thumbs)}</div>'
+            f'<div class="title">{html.escape(info["title"])}</div><div>{html.escape(caption)}</div></div>')
+
+
+def render_page(rows, out_path, title):
+    """rows: [(query pid, query info, [(gallery pid, info, score, is_gt), ...])] -> HTML file."""
+    body = []
+    for qid, qinfo, retrieved in rows:
+        cells = [_item_html("query", qinfo, f"query {qid}")]
+        for rank, (pid, info, score, is_gt) in enumerate(retrieved, 1):
+            cells.append(_item_html("gt" if is_gt else "other", info, f"#{rank}  {pid}  score {score:.3f}"))
+        body.append(f'<div class="row">{"".join(cells)}</div>')
+    legend = (f'<span style="color:{COLORS["query"]}">query</span> | '
+              f'<span style="color:{COLORS["gt"]}">ground truth</span> | '
+              f'<span style="color:{COLORS["other"]}">not in the ground truth</span>')
+    page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f'<style>{STYLE}</style></head><body><h2>{html.escape(title)}</h2><p>{legend}</p>'
+            f'{"".join(body)}</body></html>')
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "w", encoding="utf-8") as f:
+        f.write(page)
+    return out_path
+
+
+def build_page(ranking_path, gt_path, describe_query, describe_gallery, out_path, num_queries=20, topk=10,
+               seed=0, title="retrieval results"):
+    """Sample queries that have ground truth from ranking.npz (written by the search) and render them."""
+    from datasets.annotations import parse_gt
+
+    ranking = np.load(ranking_path)
+    gt = parse_gt(gt_path)
+    candidates = [q for q, qid in enumerate(ranking["query_ids"].tolist()) if qid in gt]
+    chosen = sorted(random.Random(seed).sample(candidates, min(num_queries, len(candidates))))
+    rows = []
+    for q in chosen:
+        qid = int(ranking["query_ids"][q])
+        relevant = set(gt[qid])
+        retrieved = [(pid, describe_gallery(pid), float(score), pid in relevant)
+                     for pid, score in zip(ranking["gallery_ids"][q, :topk].tolist(), ranking["scores"][q, :topk].tolist())]
+        rows.append((qid, describe_query(qid), retrieved))
+    return render_page(rows, out_path, title)

@@ -1,0 +1,206 @@
+"""Evaluation of cross-domain retrieval: features to disk, faiss search, R@K, the paper's table, a result page.
+
+    torchrun ... evaluation.py run     --config CFG [key=value ...]   extract + search (+ page) for eval.direction
+    torchrun ... evaluation.py extract --config CFG [key=value ...]   query and gallery features only
+    python evaluation.py search --query-feats Q.npy --query-ids Q.txt --gallery-feats G.npy --gallery-ids G.txt
+                                --gt GT.txt --out results.json [--topk 100] [--direction D] [--feature F] [--checkpoint C]
+    python evaluation.py table V2G.json G2V.json [--name ROW] [--out-dir DIR]
+    python evaluation.py page --config CFG [key=value ...] [--out page.html]
+
+Feature files: `.npy` + ids file (one id per line), or the authors' text format
+`pid \\t f1,f2,...` (give it as --query-feats/--gallery-feats without ids). `eval.feature=all`
+extracts the fused, visual and text features in one pass and scores each.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from evaluate.extract import FEATURES, extract_features, merged_paths
+from evaluate.features import load_features
+from evaluate.metrics import recall_at_k
+from evaluate.search import search
+from evaluate.table import load_results, print_row, table_row, write_row
+
+SIDES = ("query", "gallery")
+
+
+def feature_names(cfg):
+    feature = cfg["eval"]["feature"]
+    if feature == "all":
+        return FEATURES
+    if feature not in FEATURES:
+        raise ValueError(f"eval.feature={feature!r}: expected one of {', '.join(FEATURES)} or all")
+    return (feature,)
+
+
+def out_dir(cfg, feature):
+    """eval.out_dir with {direction} and {feature} filled in (default <output_dir>/eval/{direction}/{feature})."""
+    template = cfg["eval"]["out_dir"] or os.path.join(cfg["output_dir"], "eval", "{direction}", "{feature}")
+    if len(feature_names(cfg)) > 1 and "{feature}" not in template:
+        raise ValueError(f"eval.out_dir={template!r}: eval.feature=all needs a '{{feature}}' in the path")
+    return template.format(direction=cfg["eval"]["direction"], feature=feature)
+
+
+def data_paths(cfg):
+    from datasets.annotations import DatasetPaths
+    return DatasetPaths(cfg["data"]["root"], cfg["data"]["dataset"])
+
+
+def extract(cfg):
+    """Write query and gallery features of eval.direction (every feature of eval.feature); returns the rank."""
+    from datasets import build_eval_dataset, collate_eval
+    from models import build_model
+    from utils.checkpoint import load_model_weights
+    from utils.distributed import init_distributed
+
+    rank, _, world_size, device = init_distributed(cfg)
+    if cfg["train"]["threads"]:
+        import torch
+        torch.set_num_threads(cfg["train"]["threads"])
+    model = build_model(cfg)
+    checkpoint = cfg["eval"]["checkpoint"]
+    if checkpoint:
+        load_model_weights(model, checkpoint)
+    model.to(device)
+    paths, direction = data_paths(cfg), cfg["eval"]["direction"]
+    for side, list_path in zip(SIDES, (paths.query_list(direction), paths.gallery_list(direction))):
+        extract_features(
+            model, build_eval_dataset(cfg, list_path),
+            {f: os.path.join(out_dir(cfg, f), side) for f in feature_names(cfg)},
+            rank=rank, world_size=world_size, device=device, batch_size=cfg["eval"]["batch_size"],
+            num_workers=cfg["data"]["num_workers"], dtype=cfg["eval"]["dtype"], collate_fn=collate_eval,
+            meta={"checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
+                  "list": os.path.abspath(list_path)},
+            desc=f"{direction} {side}")
+    return rank
+
+
+def search_and_score(query_feats, query_ids, gallery_feats, gallery_ids, gt_path, out_path, topk=(10, 20, 50, 100),
+                     direction=None, feature=None, checkpoint=None):
+    """Search, score and write `out_path` (results.json) plus ranking.npz (the top lists) beside it."""
+    from datasets.annotations import parse_gt
+
+    q, qids = load_features(query_feats, query_ids)
+    g, gids = load_features(gallery_feats, gallery_ids)
+    scores, rows = search(q, g, max(topk))
+    metrics = recall_at_k(qids, rows, gids, parse_gt(gt_path), topk)
+    results = {"direction": direction, "feature": feature, "checkpoint": checkpoint, **metrics,
+               "num_queries": len(qids), "num_gallery": len(gids)}
+    out = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(out, exist_ok=True)
+    np.savez(os.path.join(out, "ranking.npz"), query_ids=np.asarray(qids, dtype=np.int64),
+             gallery_ids=np.asarray(gids, dtype=np.int64)[rows], scores=scores)
+    with open(out_path, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    return results
+
+
+def summary(results):
+    ks = list(results["recall"])
+    left = {k: len(v) for k, v in results["left_out"].items() if v}
+    return (f"{results['direction']} {results['feature']}: " +
+            "  ".join(f"R@{k} {results['recall'][k]:.2f}" for k in ks) + "  | hit rate " +
+            "  ".join(f"@{k} {results['hit_rate'][k]:.2f}" for k in ks) +
+            f"  | {results['num_evaluated']} of {results['num_queries']} queries scored, gallery {results['num_gallery']}" +
+            (f", left out {left}" if left else ""))
+
+
+def search_direction(cfg):
+    """Search + score every extracted feature of eval.direction -> {feature: results}."""
+    paths, direction = data_paths(cfg), cfg["eval"]["direction"]
+    results = {}
+    for feature in feature_names(cfg):
+        d = out_dir(cfg, feature)
+        q, g = (merged_paths(os.path.join(d, side)) for side in SIDES)
+        results[feature] = search_and_score(*q, *g, paths.gt_file(direction), os.path.join(d, "results.json"),
+                                            cfg["eval"]["topk"], direction, feature, cfg["eval"]["checkpoint"])
+        print(summary(results[feature]), flush=True)
+        print(f"results: {os.path.join(d, 'results.json')}", flush=True)
+    return results
+
+
+def make_page(cfg, feature=None, out=None):
+    """The HTML page of sampled queries of eval.direction with their top retrievals; returns its path."""
+    from evaluate.page import build_page, dataset_items
+
+    feature = feature or feature_names(cfg)[0]
+    d = out_dir(cfg, feature)
+    paths, direction = data_paths(cfg), cfg["eval"]["direction"]
+    out = out or os.path.join(d, "page.html")
+    build_page(os.path.join(d, "ranking.npz"), paths.gt_file(direction),
+               dataset_items(paths, paths.query_list(direction)), dataset_items(paths, paths.gallery_list(direction)),
+               out, num_queries=cfg["eval"]["page_queries"], topk=cfg["eval"]["page_topk"], seed=cfg["seed"],
+               title=f"{direction} ({feature} feature)")
+    return out
+
+
+def evaluate_direction(cfg):
+    """Extract (on every rank) -> search and score -> page (rank 0). Returns {feature: results} on rank 0, else None."""
+    from utils.distributed import cleanup
+
+    rank = extract(cfg)
+    cleanup()  # rank 0 searches alone: no collective may wait on it
+    if rank != 0:
+        return None
+    results = search_direction(cfg)
+    if cfg["eval"]["page_queries"] > 0:
+        print(f"page: {make_page(cfg)}", flush=True)
+    return results
+
+
+def _config(args):
+    from utils.config import load_config
+    return load_config(args.config, args.overrides)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("run", "extract", "page"):
+        p = sub.add_parser(name)
+        p.add_argument("--config", required=True)
+        p.add_argument("overrides", nargs="*", help="key.sub=value")
+        if name == "page":
+            p.add_argument("--out", help="HTML file (default <eval.out_dir>/page.html)")
+    p = sub.add_parser("search")
+    p.add_argument("--query-feats", required=True)
+    p.add_argument("--query-ids", help="ids of --query-feats (not needed for the text format)")
+    p.add_argument("--gallery-feats", required=True)
+    p.add_argument("--gallery-ids")
+    p.add_argument("--gt", required=True)
+    p.add_argument("--out", required=True, help="results.json (ranking.npz is written beside it)")
+    p.add_argument("--topk", type=int, default=100, help="largest K; R@K is reported for 10, 20, 50, 100 up to it")
+    p.add_argument("--direction", choices=("video2goods", "goods2video"))
+    p.add_argument("--feature")
+    p.add_argument("--checkpoint")
+    p = sub.add_parser("table")
+    p.add_argument("v2g", help="results.json of video2goods")
+    p.add_argument("g2v", help="results.json of goods2video")
+    p.add_argument("--name", default="model")
+    p.add_argument("--out-dir", default=".", help="folder of results.md and results.csv")
+    args = parser.parse_args(argv)
+
+    if args.command == "run":
+        evaluate_direction(_config(args))
+    elif args.command == "extract":
+        from utils.distributed import cleanup
+        extract(_config(args))
+        cleanup()
+    elif args.command == "page":
+        print(make_page(_config(args), out=args.out))
+    elif args.command == "search":
+        ks = [k for k in (10, 20, 50, 100) if k < args.topk] + [args.topk]
+        print(summary(search_and_score(args.query_feats, args.query_ids, args.gallery_feats, args.gallery_ids,
+                                       args.gt, args.out, ks, args.direction, args.feature, args.checkpoint)))
+    elif args.command == "table":
+        values = table_row(load_results(args.v2g, "video2goods"), load_results(args.g2v, "goods2video"))
+        print_row(args.name, values)
+        write_row(args.name, values, args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

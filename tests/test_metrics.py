@@ -1,0 +1,93 @@
+"""R@K and hit rate on hand-built features whose every value is worked out by hand."""
+import json
+
+import numpy as np
+import pytest
+
+import evaluation
+from evaluate.features import save_features
+from evaluate.metrics import recall_at_k
+
+DIM = 8
+
+
+def unit(**axes):
+    v = np.zeros(DIM, dtype=np.float32)
+    for axis, value in axes.items():
+        v[int(axis[1:])] = value
+    return v
+
+
+# Gallery: score against query axis c is the e_c coefficient (e7 is a noise axis nobody queries).
+GALLERY = {
+    100: unit(e0=1.0),             # A 1.0
+    101: unit(e0=0.8, e7=0.6),     # A 0.8
+    102: unit(e0=0.8, e7=0.6),     # A 0.8, tied with 101 (101 ranks first: lower gallery row)
+    103: unit(e0=0.6, e7=0.8),     # A 0.6
+    104: unit(e1=1.0),             # B 1.0
+    105: unit(e1=0.6, e7=0.8),     # B 0.6
+    106: unit(e1=-0.6, e7=0.8),    # B -0.6: last for B, outside its top 5
+    107: unit(e2=1.0),             # C 1.0
+    108: unit(e7=1.0),
+}
+QUERIES = {1: unit(e0=1.0), 2: unit(e1=1.0), 3: unit(e2=1.0), 4: unit(e3=1.0), 5: unit(e4=1.0)}
+# Query 1 (A): relevant 102 (rank 3, after its tie) and 103 (rank 4); 999 is not in the gallery.
+# Query 2 (B): relevant 104 (rank 1) and 106 (last). Query 3 (C): 107 at rank 1, written as paths.
+# Query 4: its only relevant item is absent -> left out. Query 5: no gt line. Query 6: gt but no features.
+GT_LINES = [
+    "1\t102,103,999",
+    "2\t106,104",
+    "videos/frames/3_00001.jpg\tgoods/images/7/107.jpg",
+    "4\t555",
+    "6\t100",
+]
+KS = [1, 2, 3, 5]
+# Per-query recall at K=1,2,3,5: A 0,0,1/2,1  B 1/2,1/2,1/2,1/2  C 1,1,1,1 -> mean over 3 queries.
+EXPECTED_RECALL = {"1": 50.0, "2": 50.0, "3": 200 / 3, "5": 250 / 3}
+EXPECTED_HIT = {"1": 200 / 3, "2": 200 / 3, "3": 100.0, "5": 100.0}
+
+
+def test_recall_on_hand_built_features(tmp_path):
+    for name, items in (("q", QUERIES), ("g", GALLERY)):
+        save_features(str(tmp_path / f"{name}.npy"), str(tmp_path / f"{name}.txt"),
+                      np.stack(list(items.values())), list(items), "float16")
+    (tmp_path / "gt.txt").write_text("\n".join(GT_LINES) + "\n", encoding="utf-8")
+    out = tmp_path / "res" / "results.json"
+    evaluation.main(["search", "--query-feats", str(tmp_path / "q.npy"), "--query-ids", str(tmp_path / "q.txt"),
+                     "--gallery-feats", str(tmp_path / "g.npy"), "--gallery-ids", str(tmp_path / "g.txt"),
+                     "--gt", str(tmp_path / "gt.txt"), "--out", str(out), "--topk", "5",
+                     "--direction", "video2goods", "--feature", "fused"])
+    res = json.loads(out.read_text())
+    # --topk 5 reports R@5 only (10, 20, 50, 100 are above it); the K=1,2,3 values come from recall_at_k below
+    assert list(res["recall"]) == ["5"]
+    assert res["recall"]["5"] == pytest.approx(EXPECTED_RECALL["5"])
+    assert res["num_evaluated"] == 3 and res["num_queries"] == 5 and res["num_gallery"] == 9
+    assert res["left_out"] == {"no_ground_truth": [5], "no_relevant_in_gallery": [4], "no_query_features": [6]}
+    assert res["relevant_absent_from_gallery"] == 2  # 999 and 555
+    ranking = np.load(out.parent / "ranking.npz")
+    assert ranking["gallery_ids"][0, :4].tolist() == [100, 101, 102, 103]
+    assert ranking["scores"][1, :2] == pytest.approx([1.0, 0.6], abs=1e-3)
+
+    gallery_ids = ranking["gallery_ids"]
+    row_of = {pid: r for r, pid in enumerate(GALLERY)}
+    rows = np.vectorize(row_of.get)(gallery_ids)
+    from datasets.annotations import parse_gt
+    metrics = recall_at_k(ranking["query_ids"].tolist(), rows, list(GALLERY), parse_gt(str(tmp_path / "gt.txt")), KS)
+    assert metrics["recall"] == pytest.approx(EXPECTED_RECALL)
+    assert metrics["hit_rate"] == pytest.approx(EXPECTED_HIT)
+
+
+def test_recall_counts_each_relevant_item_once_and_caps_k_at_the_gallery():
+    # gallery of 3, K up to 10: every list is the whole gallery
+    ranked = np.array([[2, 0, 1], [1, 2, 0]])
+    gt = {7: [30, 30, 10], 8: [20]}  # a repeated id is one relevant item
+    m = recall_at_k([7, 8], ranked, [10, 20, 30], gt, [1, 2, 10])
+    assert m["recall"] == pytest.approx({"1": 75.0, "2": 100.0, "10": 100.0})
+    assert m["hit_rate"] == pytest.approx({"1": 100.0, "2": 100.0, "10": 100.0})
+
+
+def test_recall_errors():
+    with pytest.raises(ValueError, match="top 3"):
+        recall_at_k([7], np.array([[0, 1]]), [10, 20, 30, 40], {7: [10]}, [3])
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        recall_at_k([7], np.array([[0]]), [10], {7: [99]}, [1])
