@@ -1,0 +1,103 @@
+"""Distributed extraction: 2 gloo ranks over an odd-length list give the single-process features and ids."""
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from evaluate.extract import FEATURES, extract_features, merged_paths, shard_paths
+from evaluate.features import load_features, write_shard
+
+NUM_ITEMS = 7  # not a multiple of the 2 ranks: one rank gets a padding item
+
+
+class TinyEncoder(nn.Module):
+    """Deterministic stand-in exposing the model's encode_item contract."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.visual = nn.Parameter(torch.randn(3 * 4 * 4, 8, generator=g))
+        self.text = nn.Parameter(torch.randn(50, 8, generator=g))
+        self.calls = 0
+
+    def encode_item(self, frames, input_ids, attention_mask):
+        self.calls += 1
+        v = frames.mean(1).flatten(1) @ self.visual
+        t = (self.text[input_ids] * attention_mask[..., None]).sum(1)
+        return {"visual": F.normalize(v, dim=-1), "text": F.normalize(t, dim=-1), "fused": F.normalize(v + t, dim=-1)}
+
+
+class TinyItems(Dataset):
+    def __len__(self):
+        return NUM_ITEMS
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(100 + i)
+        return {"frames": torch.rand(2, 3, 4, 4, generator=g), "text_ids": torch.randint(1, 50, (5,), generator=g),
+                "text_mask": torch.tensor([1, 1, 1, 1 if i % 2 else 0, 0]), "pid": 1000 + 7 * (NUM_ITEMS - i),
+                "index": i}
+
+
+def _dirs(root):
+    return {f: str(root / f) for f in FEATURES}
+
+
+def _worker(rank, world_size, port, root):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        extract_features(TinyEncoder(), TinyItems(), _dirs(root), rank=rank, world_size=world_size, batch_size=2,
+                         dtype="float32", meta={"checkpoint": "a"})
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_match_one_process(tmp_path):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    extract_features(TinyEncoder(), TinyItems(), _dirs(single), batch_size=3, dtype="float32", meta={"checkpoint": "a"})
+    mp.spawn(_worker, args=(2, _free_port(), multi), nprocs=2, join=True)
+    model, items = TinyEncoder(), TinyItems()
+    with torch.no_grad():
+        direct = [model.encode_item(*(items[i][k][None] for k in ("frames", "text_ids", "text_mask")))
+                  for i in range(NUM_ITEMS)]
+    for f in FEATURES:
+        a, ids_a = load_features(*merged_paths(str(single / f)))
+        b, ids_b = load_features(*merged_paths(str(multi / f)))
+        assert ids_a == ids_b == [items[i]["pid"] for i in range(NUM_ITEMS)]
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(a, torch.cat([d[f] for d in direct]).numpy(), rtol=1e-5, atol=1e-6)
+        assert not (multi / f / "shard_0_of_2.npy").exists()  # shards are removed once merged
+
+
+def test_resume_skips_written_shards_and_merged_files(tmp_path):
+    dirs = {"fused": str(tmp_path / "fused")}
+    model = TinyEncoder()
+    extract_features(model, TinyItems(), dirs, dtype="float32", meta={"checkpoint": "a"})
+    assert model.calls == 1
+    extract_features(model, TinyItems(), dirs, dtype="float32", meta={"checkpoint": "a"})
+    assert model.calls == 1  # merged features on disk: nothing to do
+
+    # a run that stopped after writing its shard: the rerun merges the shard without encoding
+    for path in merged_paths(dirs["fused"]):
+        (tmp_path / "fused" / path.split("/")[-1]).unlink()
+    marker = np.arange(NUM_ITEMS * 8, dtype=np.float32).reshape(NUM_ITEMS, 8)
+    write_shard(*shard_paths(dirs["fused"], 0, 1), marker, list(range(NUM_ITEMS)), list(range(NUM_ITEMS)), "float32")
+    extract_features(model, TinyItems(), dirs, dtype="float32", meta={"checkpoint": "a"})
+    assert model.calls == 1
+    feats, ids = load_features(*merged_paths(dirs["fused"]))
+    np.testing.assert_array_equal(feats, marker)
+
+    with pytest.raises(RuntimeError, match="checkpoint"):
+        extract_features(model, TinyItems(), dirs, dtype="float32", meta={"checkpoint": "b"})
