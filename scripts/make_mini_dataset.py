@@ -271,7 +271,7 @@ def _cluttered_background(size, rng):
 
 def render_video(concept, rng, size, num_frames):
     background = _cluttered_background(size, rng)
-    radius = size * rng.uniform(0.16, 0.3)
+    radius = size * rng.uniform(0.2, 0.34)
     start = [rng.uniform(radius * 0.6, size - radius * 0.6) for _ in range(2)]
     end = [rng.uniform(radius * 0.6, size - radius * 0.6) for _ in range(2)]
     clutter = set(rng.sample(range(num_frames), rng.randint(1, 2)))
