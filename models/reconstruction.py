@@ -34,7 +34,7 @@ class TextReconstructor(nn.Module):
             block.crossattention.q_attn.requires_grad_(False)
             block.ln_cross_attn.requires_grad_(False)
         if cfg["model"]["backbone"]["grad_checkpointing"]:
-            self.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.decoder.activation_checkpointing_enable({"use_reentrant": False})
 
     def forward(self, query_ids, query_mask, v_cls):
         """-> logits [B, Lq, vocab]; position i predicts token i+1 from tokens <= i and v_cls."""
