@@ -14,19 +14,19 @@ import random
 import numpy as np
 from PIL import Image
 
-THUMB = (120, 90)  # max width, height of one thumbnail
+THUMB = (160, 120)  # max width, height of one embedded thumbnail
 VIDEO_FRAMES = 3  # frames shown per video, evenly spaced over its clip
 COLORS = {"query": "#1f5fd6", "gt": "#00a000", "other": "#e00000"}
 
 STYLE = f"""
-body {{ font-family: sans-serif; margin: 16px; background: #fff; color: #222; }}
+body {{ font-family: "Noto Sans CJK SC", "WenQuanYi Micro Hei", "PingFang SC", "Microsoft YaHei", sans-serif; margin: 16px; background: #fff; color: #222; }}
 .row {{ display: flex; gap: 10px; align-items: flex-start; margin: 14px 0; }}
 .item {{ border: 5px solid; padding: 3px; width: {VIDEO_FRAMES * 62 + 8}px; font-size: 11px; }}
 .query {{ border-color: {COLORS['query']}; margin-right: 14px; }}
 .gt {{ border-color: {COLORS['gt']}; }}
 .other {{ border-color: {COLORS['other']}; }}
-.thumbs {{ display: flex; gap: 2px; height: {THUMB[1] // 2 + 10}px; align-items: center; }}
-.thumbs img {{ max-height: {THUMB[1] // 2 + 10}px; max-width: 100%; }}
+.thumbs {{ display: flex; gap: 2px; height: 60px; align-items: center; }}
+.thumbs img {{ height: 60px; max-width: 100%; object-fit: contain; }}
 .missing {{ width: 60px; height: 50px; background: #ccc; }}
 .title {{ overflow: hidden; height: 2.6em; }}
 """

@@ -39,8 +39,9 @@ def table_row(v2g, g2v):
 
 def print_row(name, values):
     width = max(len(name), 6)
-    print(f"{'':{width}}  {'Video2goods':^31}  {'Goods2video':^31}  {'Overall':^31}  Mean")
-    print(f"{'Method':{width}}  " + "  ".join("  ".join(f"{'R@' + k:>6}" for k in KS) for _ in range(3)))
+    print(f"{'':{width}}  " + "  ".join(f"{h:^30}" for h in ("Video2goods", "Goods2video", "Overall")))
+    print(f"{'Method':{width}}  " + "  ".join("  ".join(f"{'R@' + k:>6}" for k in KS) for _ in range(3))
+          + f"  {'Mean':>6}")
     cells = [fmt(v) for v in values]
     print(f"{name:{width}}  " + "  ".join("  ".join(f"{c:>6}" for c in cells[i:i + 4]) for i in (0, 4, 8))
           + f"  {cells[12]:>6}")
