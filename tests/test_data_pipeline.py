@@ -1,0 +1,351 @@
+"""Training and evaluation datasets, collates and loader builders.
+
+Most tests build a tiny dataset of uniformly coloured images in tmp_path, so that the frame
+a sample came from can be read back from its pixel values after the crop; the end-to-end
+tests run the builders on the generated mini dataset (`mini_root`).
+"""
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datasets import build_eval_dataset, build_train_loader, collate_eval, collate_train
+from datasets.annotations import DatasetPaths, TrainEntry, parse_item_list, parse_train_file, read_frame_ids
+from datasets.eval_dataset import EvalDataset
+from datasets.frames import UnreadableImage, decode_video, load_image, segment_indices
+from datasets.sampler import TrainSample
+from datasets.text import video_text
+from datasets.tokenizer import Tokenizer
+from datasets.train_dataset import TrainDataset
+from datasets.transforms import CLIP_MEAN, CLIP_STD
+from utils.config import load_config
+
+torch.set_num_threads(1)
+
+SIZE = 16
+T = 5
+MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+STD = torch.tensor(CLIP_STD).view(3, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer()
+
+
+def gray_level(frame):
+    """The 0-255 gray level of a normalised uniform frame [3, H, W]."""
+    return round(float((frame * STD + MEAN).mean()) * 255)
+
+
+def write_image(path, level):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new("RGB", (24, 20), (level, level, level)).save(path, "PNG")  # lossless: the level reads back exactly
+
+
+def write_text(path, lines):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def add_goods(paths, pid, level, title="默认商品标题", image="ok"):
+    """image: ok | corrupt (truncated bytes) | missing."""
+    if image != "missing":
+        write_image(paths.image_path(pid), level)
+    if image == "corrupt":
+        data = open(paths.image_path(pid), "rb").read()
+        open(paths.image_path(pid), "wb").write(data[:30])
+    write_text(paths.text_path("goods", pid), [str(pid), "类目", "品牌", "实体", title, "描述"])
+
+
+def add_video(paths, pid, levels, missing=(), text=("好看", "红色杯子", "今天买的")):
+    """A video whose frame k is uniformly gray at levels[k]; frames in `missing` are listed but absent."""
+    names = []
+    for k, level in enumerate(levels):
+        name = f"{pid % 50000}/{pid}_{k}.jpg"
+        names.append(name)
+        if k not in missing:
+            write_image(os.path.join(paths.images_dir("video"), name), level)
+    write_text(paths.frameid_path(pid), [",".join(names)])
+    write_text(paths.text_path("video", pid), [t if t is not None else "null" for t in text])
+    return names
+
+
+def train_dataset(paths, entries, tokenizer, **kw):
+    args = dict(num_frames=T, image_size=SIZE, query_max_len=20, text_max_len=90, crop_scale=(0.64, 1.0),
+                seed=0, title_aug_prob=0.0, video_text_keep_prob=1.0)
+    args.update(kw)
+    return TrainDataset(paths, entries, tokenizer, **args)
+
+
+def test_goods_sample_fields_and_title(tmp_path, tokenizer):
+    paths = DatasetPaths(tmp_path)
+    add_goods(paths, 7, 90, title="纯棉短袖T恤")
+    ds = train_dataset(paths, [TrainEntry("白色短袖", [7], [])], tokenizer)
+    out = ds[TrainSample(0, 0, "goods", 7)]
+    assert out["frames"].shape == (1, 3, SIZE, SIZE) and out["frames"].dtype == torch.float32
+    assert gray_level(out["frames"][0]) == 90
+    assert out["pid"] == 7 and out["query_index"] == 0 and out["domain"] == "goods"
+    assert torch.equal(out["query_ids"], tokenizer(["白色短袖"], 20)[0][0])
+    assert torch.equal(out["text_ids"], tokenizer(["纯棉短袖T恤"], 90)[0][0])
+    assert out["query_mask"].shape == (20,) and out["text_mask"].shape == (90,)
+
+
+def test_title_augmentation_and_video_text_dropout_are_applied(tmp_path, tokenizer):
+    paths = DatasetPaths(tmp_path)
+    title = "春夏新款纯棉短袖男士圆领宽松上衣"
+    add_goods(paths, 1, 50, title=title)
+    add_video(paths, 2, [10, 20, 30, 40, 50], text=("配文", "标题", "正文"))
+    entries = [TrainEntry("q", [1], [2])]
+    plain = tokenizer([title], 90)[0][0]
+    ds = train_dataset(paths, entries, tokenizer, title_aug_prob=1.0, video_text_keep_prob=0.5)
+    goods_texts = [tuple(ds[TrainSample(e, 0, "goods", 1)]["text_ids"].tolist()) for e in range(20)]
+    # an edit that only inserts spaces leaves the tokens as they were (1 title in 27)
+    assert goods_texts.count(tuple(plain.tolist())) <= 3 and len(set(goods_texts)) > 10
+    video_texts = {tuple(ds[TrainSample(e, 0, "video", 2)]["text_ids"].tolist()) for e in range(40)}
+    full = tokenizer(["标题|正文|配文"], 90)[0][0]
+    assert tuple(full.tolist()) in video_texts and len(video_texts) > 4  # 8 subsets of 3 parts
+
+
+def test_unreadable_goods_is_counted_logged_once_and_replaced(tmp_path, tokenizer, caplog):
+    paths = DatasetPaths(tmp_path)
+    add_goods(paths, 1, 10, image="corrupt")
+    add_goods(paths, 2, 20)
+    add_goods(paths, 3, 30)
+    add_goods(paths, 4, 40, image="missing")
+    add_video(paths, 9, [200] * 6)
+    entries = [TrainEntry("q0", [1, 2], []), TrainEntry("q1", [3], [9]), TrainEntry("q2", [4], [])]
+    ds = train_dataset(paths, entries, tokenizer)
+    owner = {2: 0, 3: 1}
+
+    with caplog.at_level(logging.WARNING, logger="datasets.train_dataset"):
+        # the query's other goods item stands in first: the query stays the same
+        out = ds[TrainSample(0, 0, "goods", 1)]
+        assert (out["pid"], out["query_index"], out["domain"]) == (2, 0, "goods")
+        assert gray_level(out["frames"][0]) == 20
+        again = ds[TrainSample(0, 0, "goods", 1)]
+        assert torch.equal(again["frames"], out["frames"])
+        assert ds.stats()["unreadable_images"] == 2 and ds.stats()["replaced_samples"] == 2
+
+        # no other item of its own: another query's goods item, never a video
+        for epoch in range(6):
+            out = ds[TrainSample(epoch, 2, "goods", 4)]
+            assert out["domain"] == "goods" and out["pid"] in owner
+            assert out["query_index"] == owner[out["pid"]]
+            assert out["frames"].shape == (1, 3, SIZE, SIZE)
+            assert torch.equal(out["query_ids"], tokenizer([entries[out["query_index"]].query], 20)[0][0])
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum(paths.image_path(1) in m for m in messages) == 1
+    assert sum(paths.image_path(4) in m for m in messages) == 1
+
+
+def test_video_frames_follow_segments_and_skip_unreadable_frames(tmp_path, tokenizer):
+    paths = DatasetPaths(tmp_path)
+    levels = [10 * (k + 1) for k in range(12)]
+    add_video(paths, 5, levels)
+    add_video(paths, 6, [11, 22, 33, 44, 55, 66], missing=(1, 3, 5))
+    add_video(paths, 7, [70, 80, 90])
+    entries = [TrainEntry("q", [], [5, 6, 7])]
+    ds = train_dataset(paths, entries, tokenizer)
+
+    for epoch in range(10):
+        frames = ds[TrainSample(epoch, 0, "video", 5)]["frames"]
+        assert frames.shape == (T, 3, SIZE, SIZE)
+        picked = [levels.index(gray_level(f)) for f in frames]
+        for i, index in enumerate(picked):
+            assert i * 12 // T <= index < (i + 1) * 12 // T
+
+    # 6 frames in 5 segments force frame 1 (missing); the 5 left are all used, so 3 and 5 (missing) are
+    # found too; 3 readable frames remain, the last one repeated
+    out = ds[TrainSample(0, 0, "video", 6)]
+    assert out["pid"] == 6
+    assert [gray_level(f) for f in out["frames"]] == [11, 33, 55, 55, 55]
+    assert ds.stats()["unreadable_images"] == 3 and ds.stats()["replaced_samples"] == 0
+
+    assert [gray_level(f) for f in ds[TrainSample(0, 0, "video", 7)]["frames"]] == [70, 80, 90, 90, 90]
+
+
+def test_video_without_readable_frames_is_replaced_by_a_video(tmp_path, tokenizer):
+    paths = DatasetPaths(tmp_path)
+    add_video(paths, 5, [100, 110], missing=(0, 1))
+    add_video(paths, 6, [60] * 5)
+    add_goods(paths, 8, 30)
+    entries = [TrainEntry("q0", [8], [5]), TrainEntry("q1", [], [6])]
+    out = train_dataset(paths, entries, tokenizer)[TrainSample(0, 0, "video", 5)]
+    assert (out["pid"], out["query_index"], out["domain"]) == (6, 1, "video")
+    assert [gray_level(f) for f in out["frames"]] == [60] * T
+
+
+def test_malformed_and_missing_texts_are_counted_not_fatal(tmp_path, tokenizer):
+    paths = DatasetPaths(tmp_path)
+    add_goods(paths, 1, 10)
+    write_text(paths.text_path("goods", 1), ["only", "three", "lines"])
+    add_goods(paths, 2, 20)
+    os.remove(paths.text_path("goods", 2))
+    ds = train_dataset(paths, [TrainEntry("q", [1, 2], [])], tokenizer)
+    empty = tokenizer([""], 90)[0][0]
+    assert torch.equal(ds[TrainSample(0, 0, "goods", 1)]["text_ids"], empty)
+    assert torch.equal(ds[TrainSample(0, 0, "goods", 2)]["text_ids"], empty)
+    assert ds.stats()["empty_texts"] == 1 and ds.stats()["unreadable_texts"] == 1
+
+
+def test_collate_train_stacks_one_domain(tmp_path, tokenizer):
+    paths = DatasetPaths(tmp_path)
+    for pid in (1, 2, 3):
+        add_goods(paths, pid, 10 * pid)
+    add_video(paths, 9, [1, 2, 3, 4, 5])
+    entries = [TrainEntry(f"q{i}", [i + 1], [9] if i == 0 else []) for i in range(3)]
+    ds = train_dataset(paths, entries, tokenizer)
+    batch = collate_train([ds[TrainSample(0, i, "goods", i + 1)] for i in range(3)])
+    assert batch["frames"].shape == (3, 1, 3, SIZE, SIZE)
+    assert batch["domain"] == "goods"
+    assert batch["pids"].tolist() == [1, 2, 3] and batch["query_index"].tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="domain-pure"):
+        collate_train([ds[TrainSample(0, 0, "goods", 1)], ds[TrainSample(0, 0, "video", 9)]])
+
+
+def write_list(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines("\t".join(map(str, row)) + "\n" for row in rows)
+
+
+def eval_dataset(paths, list_path, tokenizer, **kw):
+    return EvalDataset(paths, list_path, tokenizer, num_frames=T, image_size=SIZE, text_max_len=90, **kw)
+
+
+def test_eval_video_items_take_segment_centres_in_list_order(tmp_path, tokenizer):
+    paths = DatasetPaths(tmp_path)
+    levels = [10 * (k + 1) for k in range(10)]
+    names_a = add_video(paths, 31, levels, text=("配文", "标题", None))
+    names_b = add_video(paths, 32, [5, 15, 25])
+    list_path = os.path.join(paths.test_dir, "video2goods_query.txt")
+    write_list(list_path, [(32, "photo", "q", ",".join(names_b), "32/32.txt"),
+                           (31, "video", "q", ",".join(names_a), "31/31.txt")])
+    ds = eval_dataset(paths, list_path, tokenizer)
+    assert len(ds) == 2
+    first, second = ds[0], ds[1]
+    assert (first["pid"], first["index"], second["pid"], second["index"]) == (32, 0, 31, 1)
+    assert [gray_level(f) for f in first["frames"]] == [5, 15, 25, 25, 25]
+    assert [gray_level(f) for f in second["frames"]] == [levels[i] for i in (1, 3, 5, 7, 9)]
+    assert torch.equal(second["text_ids"], tokenizer(["标题|配文"], 90)[0][0])  # no dropout at eval
+    assert torch.equal(ds[1]["frames"], second["frames"])  # deterministic
+
+    batch = collate_eval([first, second])
+    assert batch["frames"].shape == (2, T, 3, SIZE, SIZE)
+    assert batch["text_ids"].shape == batch["text_mask"].shape == (2, 90)
+    assert batch["pid"].tolist() == [32, 31] and batch["index"].tolist() == [0, 1]
+
+
+def test_unreadable_eval_item_is_an_error_unless_skipping(tmp_path, tokenizer):
+    paths = DatasetPaths(tmp_path)
+    add_goods(paths, 1, 10)
+    add_goods(paths, 2, 20, image="corrupt")
+    add_goods(paths, 3, 30, image="missing")
+    list_path = os.path.join(paths.test_dir, "video2goods_gallery.txt")
+    write_list(list_path, [(p, "goods", "q", f"{p}/{p}.jpg", f"{p}/{p}.txt") for p in (1, 2, 3)])
+
+    strict = eval_dataset(paths, list_path, tokenizer)
+    assert gray_level(strict[0]["frames"][0]) == 10
+    for index, pid in ((1, 2), (2, 3)):
+        with pytest.raises(UnreadableImage, match=f"{pid}.jpg.*skip_unreadable_eval"):
+            strict[index]
+
+    lenient = eval_dataset(paths, list_path, tokenizer, skip_unreadable=True)
+    black = (-MEAN / STD).expand(3, SIZE, SIZE)
+    for index in (1, 2):
+        item = lenient[index]
+        assert item["frames"].shape == (1, 3, SIZE, SIZE)
+        assert torch.allclose(item["frames"][0], black, atol=1e-5)
+    assert lenient.stats()["black_frames"] == 2
+    assert len(lenient) == 3
+
+    os.remove(paths.text_path("goods", 1))
+    with pytest.raises(FileNotFoundError, match="1.txt"):
+        strict[0]
+    assert lenient[0]["text_mask"].sum() == 2 and lenient.stats()["empty_texts"] == 1
+
+
+# ---- end to end on the generated mini dataset ----
+
+def mini_cfg(root, *overrides):
+    return load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "base.yaml"), [
+        f"data.root={root}", "data.image_size=32", "data.num_frames=3", "train.batch_size=4",
+        "data.num_workers=0", *overrides])
+
+
+def test_train_loader_on_mini_dataset(mini_root):
+    cfg = mini_cfg(mini_root)
+    loader, sampler = build_train_loader(cfg, rank=0, world_size=1)
+    sampler.set_epoch(1)
+    batches = list(loader)
+    assert len(batches) == len(loader) == len(sampler) > 0
+    queries = parse_train_file(DatasetPaths(mini_root).train_file)
+    for batch in batches:
+        assert set(batch) == {"query_ids", "query_mask", "frames", "text_ids", "text_mask", "domain", "pids",
+                              "query_index"}
+        t = 3 if batch["domain"] == "video" else 1
+        assert batch["frames"].shape == (4, t, 3, 32, 32) and batch["frames"].dtype == torch.float32
+        assert batch["query_ids"].shape == batch["query_mask"].shape == (4, 20)
+        assert batch["text_ids"].shape == batch["text_mask"].shape == (4, 90)
+        for key in ("query_ids", "query_mask", "text_ids", "text_mask", "pids", "query_index"):
+            assert batch[key].dtype == torch.long, key
+        for q, pid in zip(batch["query_index"].tolist(), batch["pids"].tolist()):
+            entry = queries[q]
+            assert pid in (entry.goods if batch["domain"] == "goods" else entry.videos)
+    assert {b["domain"] for b in batches} == {"goods", "video"}
+    assert loader.dataset.stats()["unreadable_images"] == 0
+
+
+def test_train_loader_workers_share_counts_and_match_single_process(mini_root):
+    single, sampler = build_train_loader(mini_cfg(mini_root), 0, 1)
+    workers, _ = build_train_loader(mini_cfg(mini_root, "data.num_workers=2"), 0, 1)
+    for a, b in zip(single, workers):  # per-sample seeds: the same batches whichever worker loads them
+        assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["text_ids"], b["text_ids"])
+    stats = workers.dataset.stats()
+    assert workers.dataset.tokenizer.counts["texts"] == 2 * 4 * len(sampler)  # a query and a text per sample
+    assert stats["empty_texts"] == single.dataset.stats()["empty_texts"]
+
+
+def test_raw_video_decoding_matches_the_frame_images(mini_root):
+    paths = DatasetPaths(mini_root)
+    raw = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(paths.domain_dir("video"), "raw")) for f in fs)
+    assert raw
+    pid = int(os.path.splitext(os.path.basename(raw[0]))[0])
+    names = read_frame_ids(paths.frameid_path(pid))
+    decoded = decode_video(paths.raw_video_path(pid), 5)
+    images = torch.stack([load_image(os.path.join(paths.images_dir("video"), names[i]))
+                          for i in segment_indices(len(names), 5)])
+    assert decoded.shape == images.shape
+    assert (decoded.float() - images.float()).abs().mean() < 12  # the same frames, through a lossy codec
+
+    cfg = mini_cfg(mini_root, "data.frame_source=raw")
+    entries = [TrainEntry("q", [], [pid])]
+    ds = TrainDataset(paths, entries, Tokenizer(), num_frames=3, image_size=32, query_max_len=20, text_max_len=90,
+                      frame_source=cfg["data"]["frame_source"])
+    assert ds[TrainSample(0, 0, "video", pid)]["frames"].shape == (3, 3, 32, 32)
+    assert ds.stats()["unreadable_images"] == 0
+
+
+def test_eval_datasets_on_mini_dataset(mini_root):
+    cfg = mini_cfg(mini_root)
+    paths = DatasetPaths(mini_root)
+    for direction in ("video2goods", "goods2video"):
+        for list_path in (paths.query_list(direction), paths.gallery_list(direction)):
+            ds = build_eval_dataset(cfg, list_path)
+            items = parse_item_list(list_path)
+            assert len(ds) == len(items)
+            loader = torch.utils.data.DataLoader(ds, batch_size=16, collate_fn=collate_eval)
+            pids, indices = [], []
+            for batch in loader:
+                t = 3 if items[0].domain == "video" else 1
+                assert batch["frames"].shape[1:] == (t, 3, 32, 32)
+                assert batch["text_ids"].shape[1] == 90
+                pids += batch["pid"].tolist()
+                indices += batch["index"].tolist()
+            assert pids == [item.pid for item in items] and indices == list(range(len(items)))
+            assert ds.stats()["black_frames"] == 0
