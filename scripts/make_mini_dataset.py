@@ -29,9 +29,9 @@ That is 1,024 concepts. The signal is redundant but incomplete in each modality:
   possibly the literal `null`.
 
 So vision alone cannot tell materials apart (4 concepts share every look) and misreads
-small patterns; text alone misses attributes the title happens not to mention. A model
-trained a few minutes on CPU gets recall far above chance (about 1 % R@10 with
-1,000-item galleries) but not 100 %.
+small patterns; text alone misses attributes the title happens not to mention. The noise
+levels are chosen so that a small model trained a few minutes on CPU lands far above
+chance (R@10 of chance is 1 % with 1,000-item galleries) and well below 100 %.
 
 Splits (defaults in brackets):
 - training: `num_queries` [300] products, each a line of train_file/train.txt with 1-3
@@ -329,7 +329,7 @@ class _Writer:
                 return pid
 
     @staticmethod
-    def _write_lines(path, lines):
+    def write_lines(path, lines):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8", newline="\n") as f:
             f.write("".join(line + "\n" for line in lines))
@@ -347,7 +347,7 @@ class _Writer:
         if allow_bad_text and self.bad_goods_texts_left and rng.random() < 0.05:
             self.bad_goods_texts_left -= 1
             lines = lines[:4]  # truncated file: the loader must count it and use an empty title
-        self._write_lines(self.paths.text_path("goods", pid), lines)
+        self.write_lines(self.paths.text_path("goods", pid), lines)
         return pid
 
     def video(self, concept, raw_allowed=False):
@@ -357,8 +357,8 @@ class _Writer:
         rel = [f"{shard(pid)}/{pid}_{k}.jpg" for k in range(len(frames))]
         for img, name in zip(frames, rel):
             self._save_jpeg(img, os.path.join(self.paths.images_dir("video"), name))
-        self._write_lines(self.paths.frameid_path(pid), [",".join(rel)])
-        self._write_lines(self.paths.text_path("video", pid), video_text_lines(concept, rng))
+        self.write_lines(self.paths.frameid_path(pid), [",".join(rel)])
+        self.write_lines(self.paths.text_path("video", pid), video_text_lines(concept, rng))
         if raw_allowed and self.raw_left != 0:
             self.raw_left -= 1
             path = self.paths.raw_video_path(pid)
@@ -403,7 +403,7 @@ def generate(out, seed=0, num_queries=300, num_test_queries=100, gallery_size=10
                                                 for _ in range(rng.randint(1, max_items))]
         all_queries.append(query)
         train_lines.append("\t".join([query, ",".join(map(str, goods)) or "None", ",".join(map(str, videos)) or "None"]))
-    w._write_lines(w.paths.train_file, train_lines)
+    w.write_lines(w.paths.train_file, train_lines)
 
     for direction in DIRECTIONS:
         video_name = "video" if direction == "video2goods" else "photo"
@@ -433,16 +433,16 @@ def generate(out, seed=0, num_queries=300, num_test_queries=100, gallery_size=10
             concept = random_concept(rng)
             gallery.append(make(gallery_domain, concept, query_text(concept, rng))[1])
         rng.shuffle(gallery)
-        w._write_lines(w.paths.query_list(direction), query_lines)
-        w._write_lines(w.paths.gallery_list(direction), gallery)
-        w._write_lines(w.paths.gt_file(direction), gt_lines)
+        w.write_lines(w.paths.query_list(direction), query_lines)
+        w.write_lines(w.paths.gallery_list(direction), gallery)
+        w.write_lines(w.paths.gt_file(direction), gt_lines)
 
-    w._write_lines(w.paths.queries, all_queries)
+    w.write_lines(w.paths.queries, all_queries)
     level1 = sorted({c[2] for c in CATEGORIES})
     level2 = [c[1][0] for c in CATEGORIES]
     level3 = [m[0] + c for c in level2 for m in MATERIALS]
     for level, entities in enumerate((level1, level2, level3), 1):
-        w._write_lines(w.paths.entities_file(level), entities)
+        w.write_lines(w.paths.entities_file(level), entities)
     return w.paths
 
 

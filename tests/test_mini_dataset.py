@@ -6,7 +6,6 @@ import re
 import shutil
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from datasets.annotations import (DIRECTIONS, DatasetPaths, parse_gt, parse_item_list, parse_train_file,
