@@ -101,3 +101,32 @@ def test_resume_skips_written_shards_and_merged_files(tmp_path):
 
     with pytest.raises(RuntimeError, match="checkpoint"):
         extract_features(model, TinyItems(), dirs, dtype="float32", meta={"checkpoint": "b"})
+
+
+def test_evaluate_direction_on_the_mini_dataset(mini_root, tmp_path):
+    """extract -> search -> page of evaluation.py with the tiny demo model, all three features in one pass."""
+    import json
+
+    import evaluation
+    from datasets.annotations import DatasetPaths, parse_item_list
+    from utils.config import load_config
+
+    torch.set_num_threads(1)
+    cfg = load_config("configs/demo.yaml", [f"data.root={mini_root}", f"output_dir={tmp_path}", "eval.feature=all",
+                                            "eval.page_queries=2", "eval.dtype=float32"])
+    results = evaluation.evaluate_direction(cfg)
+    paths = DatasetPaths(mini_root)
+    queries = [i.pid for i in parse_item_list(paths.query_list("video2goods"))]
+    gallery = [i.pid for i in parse_item_list(paths.gallery_list("video2goods"))]
+    assert set(results) == set(FEATURES)
+    for f in FEATURES:
+        d = tmp_path / "eval" / "video2goods" / f
+        on_disk = json.loads((d / "results.json").read_text())
+        assert on_disk["recall"] == pytest.approx(results[f]["recall"])
+        assert on_disk["direction"] == "video2goods" and on_disk["feature"] == f
+        assert on_disk["num_queries"] == len(queries) and on_disk["num_gallery"] == len(gallery)
+        assert list(on_disk["recall"]) == ["10", "20", "50", "100"]
+        feats, ids = load_features(str(d / "gallery" / "feats.npy"), str(d / "gallery" / "ids.txt"))
+        assert ids == gallery and feats.shape[0] == len(gallery)
+        np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-4)
+    assert (tmp_path / "eval" / "video2goods" / "fused" / "page.html").exists()
