@@ -21,12 +21,12 @@ COLORS = {"query": "#1f5fd6", "gt": "#00a000", "other": "#e00000"}
 STYLE = f"""
 body {{ font-family: "Noto Sans CJK SC", "WenQuanYi Micro Hei", "PingFang SC", "Microsoft YaHei", sans-serif; margin: 16px; background: #fff; color: #222; }}
 .row {{ display: flex; gap: 10px; align-items: flex-start; margin: 14px 0; }}
-.item {{ border: 5px solid; padding: 3px; width: {VIDEO_FRAMES * 62 + 8}px; font-size: 11px; }}
+.item {{ border: 5px solid; padding: 3px; width: 210px; font-size: 11px; flex: none; }}
 .query {{ border-color: {COLORS['query']}; margin-right: 14px; }}
 .gt {{ border-color: {COLORS['gt']}; }}
 .other {{ border-color: {COLORS['other']}; }}
-.thumbs {{ display: flex; gap: 2px; height: 60px; align-items: center; }}
-.thumbs img {{ height: 60px; max-width: 100%; object-fit: contain; }}
+.thumbs {{ display: flex; gap: 2px; height: 64px; align-items: center; overflow: hidden; }}
+.thumbs img {{ height: 64px; min-width: 0; flex: 0 1 auto; object-fit: contain; }}
 .missing {{ width: 60px; height: 50px; background: #ccc; }}
 .title {{ overflow: hidden; height: 2.6em; }}
 """
