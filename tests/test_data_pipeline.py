@@ -7,7 +7,6 @@ tests run the builders on the generated mini dataset (`mini_root`).
 import logging
 import os
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,9 +16,9 @@ from datasets.annotations import DatasetPaths, TrainEntry, parse_item_list, pars
 from datasets.eval_dataset import EvalDataset
 from datasets.frames import UnreadableImage, decode_video, load_image, segment_indices
 from datasets.sampler import TrainSample
-from datasets.text import video_text
 from datasets.tokenizer import Tokenizer
 from datasets.train_dataset import TrainDataset
+from tests.test_frames import write_gray_video
 from datasets.transforms import CLIP_MEAN, CLIP_STD
 from utils.config import load_config
 
@@ -270,6 +269,25 @@ def test_unreadable_eval_item_is_an_error_unless_skipping(tmp_path, tokenizer):
     assert lenient[0]["text_mask"].sum() == 2 and lenient.stats()["empty_texts"] == 1
 
 
+def test_eval_raw_videos_decode_centres_and_missing_ones_follow_the_skip_rule(tmp_path, tokenizer):
+    paths = DatasetPaths(tmp_path)
+    levels = [20 * k + 10 for k in range(10)]
+    for pid in (41, 42):
+        add_video(paths, pid, levels)
+    os.makedirs(os.path.dirname(paths.raw_video_path(41)))
+    write_gray_video(paths.raw_video_path(41), levels)
+    list_path = os.path.join(paths.test_dir, "goods2video_gallery.txt")
+    write_list(list_path, [(pid, "video", "q", f"{pid}/{pid}_0.jpg", f"{pid}/{pid}.txt") for pid in (41, 42)])
+
+    strict = eval_dataset(paths, list_path, tokenizer, frame_source="raw")
+    decoded = [gray_level(f) for f in strict[0]["frames"]]
+    assert all(abs(a - levels[i]) <= 4 for a, i in zip(decoded, (1, 3, 5, 7, 9)))
+    with pytest.raises(UnreadableImage, match="42.mp4"):
+        strict[1]
+    lenient = eval_dataset(paths, list_path, tokenizer, frame_source="raw", skip_unreadable=True)
+    assert lenient[1]["frames"].shape == (T, 3, SIZE, SIZE) and lenient.stats()["black_frames"] == T
+
+
 # ---- end to end on the generated mini dataset ----
 
 def mini_cfg(root, *overrides):
@@ -311,7 +329,7 @@ def test_train_loader_workers_share_counts_and_match_single_process(mini_root):
     assert stats["empty_texts"] == single.dataset.stats()["empty_texts"]
 
 
-def test_raw_video_decoding_matches_the_frame_images(mini_root):
+def test_raw_video_decoding_matches_the_frame_images(mini_root, tokenizer):
     paths = DatasetPaths(mini_root)
     raw = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(paths.domain_dir("video"), "raw")) for f in fs)
     assert raw
@@ -323,10 +341,8 @@ def test_raw_video_decoding_matches_the_frame_images(mini_root):
     assert decoded.shape == images.shape
     assert (decoded.float() - images.float()).abs().mean() < 12  # the same frames, through a lossy codec
 
-    cfg = mini_cfg(mini_root, "data.frame_source=raw")
-    entries = [TrainEntry("q", [], [pid])]
-    ds = TrainDataset(paths, entries, Tokenizer(), num_frames=3, image_size=32, query_max_len=20, text_max_len=90,
-                      frame_source=cfg["data"]["frame_source"])
+    ds = train_dataset(paths, [TrainEntry("q", [], [pid])], tokenizer, num_frames=3, image_size=32,
+                       frame_source="raw")
     assert ds[TrainSample(0, 0, "video", pid)]["frames"].shape == (3, 3, 32, 32)
     assert ds.stats()["unreadable_images"] == 0
 
