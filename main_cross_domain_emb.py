@@ -11,7 +11,6 @@ continues from the newest checkpoint in output_dir that loads.
 """
 import argparse
 import contextlib
-import itertools
 import logging
 import math
 import os
@@ -21,7 +20,6 @@ import time
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from utils import checkpoint as ckpt
 from utils.config import ConfigError, load_config, save_config
@@ -36,7 +34,6 @@ CHOICES = {
     ("train", "mode"): ("q", "ft"),
     ("train", "optimizer"): ("adam", "adamw"),
     ("train", "amp"): ("bf16", "fp16", "none"),
-    ("train", "find_unused_parameters"): (None, True, False),
 }
 
 
@@ -76,15 +73,6 @@ def validate_config(cfg):
         raise ConfigError(f"resume={cfg['resume']!r}: expected null, auto or an existing checkpoint file")
     if cfg["init_from"] is not None and not os.path.isfile(cfg["init_from"]):
         raise ConfigError(f"init_from={cfg['init_from']!r}: checkpoint file not found")
-
-
-def find_unused_parameters(cfg):
-    """DDP must look for unused parameters only when the config leaves parts of the model out of the loss."""
-    setting = cfg["train"]["find_unused_parameters"]
-    if setting is not None:
-        return setting
-    weights = cfg["loss"]["weights"]
-    return cfg["train"]["mode"] != "q" or not cfg["loss"]["recon"] or any(w == 0 for w in weights.values())
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -129,34 +117,6 @@ def _group_name(group, i):
 # ----------------------------------------------------------------------------- data
 
 
-class _SkipBatches:
-    """A batch sampler without its first `n` batches (indices only: nothing is loaded)."""
-
-    def __init__(self, batch_sampler, n):
-        self.batch_sampler = batch_sampler
-        self.n = n
-
-    def __iter__(self):
-        return itertools.islice(iter(self.batch_sampler), self.n, None)
-
-    def __len__(self):
-        return max(0, len(self.batch_sampler) - self.n)
-
-
-def skip_batches(loader, n):
-    """The same loader starting at batch `n` of the epoch (for resuming mid-epoch)."""
-    if n == 0:
-        return loader
-    if loader.batch_sampler is None:
-        raise TypeError("resuming mid-epoch needs a DataLoader driven by a batch sampler")
-    return DataLoader(
-        loader.dataset, batch_sampler=_SkipBatches(loader.batch_sampler, n), num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context, generator=loader.generator, timeout=loader.timeout,
-        prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None,
-    )
-
-
 def to_device(batch, device):
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
@@ -175,7 +135,8 @@ def _reduce_terms(terms, world_size):
 
 
 def check_finite(terms, global_step, last_checkpoint):
-    for name, value in terms.items():
+    # the weighted total last, so that the message names the term that went wrong
+    for name, value in sorted(terms.items(), key=lambda kv: (kv[0] == "loss", kv[0])):
         if not math.isfinite(value):
             raise NonFiniteLoss(
                 f"non-finite {name} = {value} at step {global_step}; stopping. "
@@ -191,7 +152,7 @@ def _gather_rng(world_size):
     return states
 
 
-def _startup_report(cfg, world_size, steps_per_epoch, total_steps, optimizer, device):
+def _startup_report(cfg, world_size, epoch_lengths, total_steps, optimizer, device):
     t = cfg["train"]
     global_batch = t["batch_size"] * world_size
     negatives = (global_batch if cfg["loss"]["negatives"] == "global" else t["batch_size"]) - 1
@@ -199,29 +160,29 @@ def _startup_report(cfg, world_size, steps_per_epoch, total_steps, optimizer, de
              t["amp"] if device.type == "cuda" else "none (CPU)", torch.get_num_threads())
     log.info("batch per process %d, global batch %d, negatives per query %d (loss.negatives=%s)",
              t["batch_size"], global_batch, negatives, cfg["loss"]["negatives"])
-    log.info("steps per epoch %d, epochs %d, total steps %d, warm-up %d%s", steps_per_epoch, t["epochs"], total_steps,
+    log.info("steps per epoch %d-%d, epochs %d, total steps %d, warm-up %d%s", min(epoch_lengths), max(epoch_lengths),
+             t["epochs"], total_steps,
              t["warmup_steps"], f", stopping at step {t['max_steps']}" if t["max_steps"] else "")
     for i, g in enumerate(optimizer.param_groups):
         n = sum(p.numel() for p in g["params"])
-        log.info("param group %-6s lr %.3g, %d tensors, %.2fM parameters", _group_name(g, i), g["lr"], len(g["params"]), n / 1e6)
+        log.info("param group %-6s base lr %.3g, %d tensors, %.2fM parameters", _group_name(g, i), g["initial_lr"],
+                 len(g["params"]), n / 1e6)
 
 
-def train(cfg, build_model=None, build_loader=None):
+def train(cfg, build_model=None):
     """Run (or continue) training as configured. Returns {"global_step", "checkpoint"}.
 
-    `build_model(cfg)` and `build_loader(cfg, rank, world_size)` default to the project's
-    models.build_model and datasets.build_train_loader.
+    `build_model(cfg)` defaults to models.build_model (tests wrap it to inject faults).
     """
     if build_model is None:
         from models import build_model
-    if build_loader is None:
-        from datasets import build_train_loader as build_loader
+    from datasets import build_train_loader
     t = cfg["train"]
     if t["threads"]:
         torch.set_num_threads(t["threads"])
     rank, local_rank, world_size, device = init_distributed(cfg)
     try:
-        return _train(cfg, build_model, build_loader, rank, world_size, device)
+        return _train(cfg, build_model, build_train_loader, rank, world_size, device)
     finally:
         cleanup()
 
@@ -246,10 +207,15 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
     seed_data(cfg["seed"], rank)
 
     loader, sampler = build_loader(cfg, rank, world_size)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
+    # Epochs may differ in length (each query's domain is drawn per epoch): count every epoch's
+    # batches so that the schedule ends exactly at the last step.
+    epoch_lengths = []
+    for e in range(t["epochs"]):
+        sampler.set_epoch(e)
+        epoch_lengths.append(len(loader))
+    if min(epoch_lengths) == 0:
         raise RuntimeError(f"the training set gives no full batch of {t['batch_size']} per rank on {world_size} ranks")
-    total_steps = t["epochs"] * steps_per_epoch
+    total_steps = sum(epoch_lengths)
 
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
@@ -264,30 +230,30 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
         scaler.load_state_dict(state["scaler"])
         scheduler.load_state_dict(state["scheduler"])
         epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        old_spe = state.get("steps_per_epoch", steps_per_epoch)
-        if old_spe != steps_per_epoch:
-            # another world size or batch: keep the share of the epoch done, restate the step count
-            step_in_epoch = round(step_in_epoch * steps_per_epoch / old_spe)
-            global_step = epoch * steps_per_epoch + step_in_epoch
-            log.warning("checkpoint made with %d steps per epoch (world size %s), now %d: continuing at epoch %d "
-                        "step %d (global step %d); the data order differs from the original run", old_spe,
-                        state.get("world_size"), steps_per_epoch, epoch, step_in_epoch, global_step)
+        old = state["epoch_lengths"]
+        if epoch < t["epochs"] and old[:epoch + 1] != epoch_lengths[:epoch + 1]:
+            # another world size or batch size: keep the share of the epoch done, restate the step count
+            if step_in_epoch:
+                step_in_epoch = round(step_in_epoch * epoch_lengths[epoch] / old[epoch])
+            global_step = sum(epoch_lengths[:epoch]) + step_in_epoch
+            log.warning("checkpoint made with epochs of %s batches (world size %d, batch %d), now %s: continuing at "
+                        "step %d of epoch %d (global step %d); the data order differs from the original run",
+                        old[:epoch + 1], state["world_size"], state["batch_size"], epoch_lengths[:epoch + 1],
+                        step_in_epoch, epoch, global_step)
         set_schedule_step(optimizer, scheduler, global_step, t["warmup_steps"], total_steps)
         if len(state["rng"]) == world_size:
             rng_states = state["rng"][rank]
         else:
             seed_data(cfg["seed"] + global_step, rank)
-        log.info("resumed from %s: epoch %d, step %d of %d, global step %d", resume_path, epoch, step_in_epoch,
-                 steps_per_epoch, global_step)
+        log.info("resumed from %s: epoch %d, step %d, global step %d", resume_path, epoch, step_in_epoch, global_step)
     elif cfg["resume"] == "auto":
         log.info("resume=auto: no checkpoint in %s, starting from scratch", out_dir)
 
     model_ddp = model
     if world_size > 1:
-        unused = find_unused_parameters(cfg)
         model_ddp = DistributedDataParallel(model, device_ids=[device.index] if cuda else None,
-                                            find_unused_parameters=unused)
-    _startup_report(cfg, world_size, steps_per_epoch, total_steps, optimizer, device)
+                                            find_unused_parameters=t["find_unused_parameters"])
+    _startup_report(cfg, world_size, epoch_lengths, total_steps, optimizer, device)
 
     metrics = MetricsLog(out_dir, main_proc)
     last_ckpt = resume_path
@@ -298,34 +264,34 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
 
     def save(epoch_now, step_now):
         nonlocal last_ckpt, last_saved_step
-        epoch_s, step_s = (epoch_now + 1, 0) if step_now == steps_per_epoch else (epoch_now, step_now)
+        epoch_s, step_s = (epoch_now + 1, 0) if step_now == epoch_lengths[epoch_now] else (epoch_now, step_now)
         rng = _gather_rng(world_size)  # every rank takes part; rank 0 writes
         if main_proc:
             last_ckpt = ckpt.save_checkpoint({
                 "model": ckpt.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": epoch_s, "step_in_epoch": step_s, "global_step": global_step, "rng": rng, "config": cfg,
-                "world_size": world_size, "batch_size": t["batch_size"], "steps_per_epoch": steps_per_epoch,
+                "world_size": world_size, "batch_size": t["batch_size"], "epoch_lengths": epoch_lengths,
             }, out_dir, t["keep_last"])
         last_saved_step = global_step
 
     from tqdm import tqdm
 
     model_ddp.train()
-    if step_in_epoch >= steps_per_epoch:
-        epoch, step_in_epoch = epoch + 1, 0
     wait_meter, step_meter = Meter(), Meter()
     try:
         while epoch < t["epochs"] and global_step < max_steps:
-            sampler.set_epoch(epoch)
-            # Creating a loader iterator draws from the torch RNG; the saved states were taken
+            # the sampler skips the batches already done in this epoch without loading them
+            sampler.set_epoch(epoch, start_batch=step_in_epoch)
+            # Creating a loader iterator may draw from the torch RNG; the saved states were taken
             # after that draw mid-epoch and before it at an epoch boundary.
             if rng_states is not None and step_in_epoch == 0:
                 set_rng_state(rng_states)
-            batches = iter(skip_batches(loader, step_in_epoch))
+            batches = iter(loader)
             if rng_states is not None and step_in_epoch > 0:
                 set_rng_state(rng_states)
             rng_states = None
+            steps_per_epoch = epoch_lengths[epoch]
             bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{t['epochs']}",
                        disable=not main_proc, dynamic_ncols=True, file=sys.stderr)
             window_start = time.perf_counter()
@@ -393,11 +359,17 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
 
 
 def evaluate(cfg):
+    """Hand over to the evaluator: write query and gallery features of eval.direction (all ranks)."""
     try:
-        from evaluation import run_evaluation
+        from evaluation import extract
     except ImportError as e:
-        raise SystemExit(f"--evaluate: the evaluator (evaluation.run_evaluation) is not available: {e}")
-    return run_evaluation(cfg)
+        print(f"--evaluate: the feature extraction of evaluation.py is not available ({e})", file=sys.stderr)
+        return 1
+    try:
+        extract(cfg)
+    finally:
+        cleanup()
+    return 0
 
 
 def parse_args(argv=None):

@@ -17,7 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _state(step, value=0.0):
     return {"model": {"w": torch.full((3,), float(step) + value)}, "optimizer": {}, "scaler": {}, "scheduler": {},
-            "epoch": 0, "step_in_epoch": step, "global_step": step, "rng": [get_rng_state()], "config": {"seed": 1}}
+            "epoch": 0, "step_in_epoch": step, "global_step": step, "rng": [get_rng_state()], "config": {"seed": 1},
+            "world_size": 1, "batch_size": 2, "epoch_lengths": [10]}
 
 
 def test_save_rotates_and_points_latest_at_newest(tmp_path):
@@ -59,7 +60,8 @@ def test_kill_during_write_leaves_previous_checkpoint_intact(tmp_path):
         for step in (1, 2):
             ckpt.save_checkpoint({{"model": {{"w": torch.full((1000,), float(step))}}, "optimizer": {{}}, "scaler": {{}},
                                   "scheduler": {{}}, "epoch": 0, "step_in_epoch": step, "global_step": step,
-                                  "rng": [], "config": {{}}}}, {str(tmp_path)!r}, keep_last=3)
+                                  "rng": [], "config": {{}}, "world_size": 1, "batch_size": 2, "epoch_lengths": [10]}},
+                                 {str(tmp_path)!r}, keep_last=3)
     """)
     env = dict(os.environ, **{ckpt.KILL_ENV: "2"})
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120)

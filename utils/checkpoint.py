@@ -17,7 +17,8 @@ import torch
 
 LATEST = "checkpoint_latest.pth.tar"
 _STEP_RE = re.compile(r"checkpoint_(\d+)\.pth\.tar$")
-REQUIRED_KEYS = ("model", "optimizer", "scaler", "scheduler", "epoch", "step_in_epoch", "global_step", "rng", "config")
+REQUIRED_KEYS = ("model", "optimizer", "scaler", "scheduler", "epoch", "step_in_epoch", "global_step", "rng", "config",
+                 "world_size", "batch_size", "epoch_lengths")
 
 # Test hook: the writer of the checkpoint of this global step dies (SIGKILL) half-way through the file.
 KILL_ENV = "QCD_TEST_KILL_DURING_CHECKPOINT"

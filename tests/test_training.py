@@ -1,0 +1,211 @@
+"""The training loop on the tiny model and the mini dataset (CPU, 1 thread, num_workers 0).
+
+Resume exactness: a run of 2N steps, a run stopped after N steps then resumed, and a run killed
+while writing its checkpoint of step N then resumed all end with identical parameters and log
+identical losses. A checkpoint of a 2-process run resumes in 1 process. The lr of each group
+follows the config's schedule. A non-finite loss stops the run naming the step and the term.
+"""
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+import main_cross_domain_emb as entry
+from utils import checkpoint as ckpt
+from utils.config import load_config
+from utils.logging import read_metrics
+from utils.seed import seed_model_init
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(REPO, "configs", "demo.yaml")
+N = 6  # the mini dataset gives 9-10 batches of 4 per epoch: step N is mid-epoch, step 2N in the next epoch
+
+
+def overrides(mini_root, out, *extra):
+    return [f"data.root={mini_root}", f"output_dir={out}", "resume=auto", "train.batch_size=4", "train.epochs=3",
+            "train.warmup_steps=3", "train.save_every_steps=2", "train.log_every=1", "train.keep_last=10",
+            "train.threads=1", "data.num_workers=0", *extra]
+
+
+def epoch_lengths(mini_root, world_size, *extra):
+    from datasets import build_train_loader
+
+    cfg = load_config(DEMO, overrides(mini_root, "unused", *extra))
+    loader, sampler = build_train_loader(cfg, 0, world_size)
+    lengths = []
+    for epoch in range(cfg["train"]["epochs"]):
+        sampler.set_epoch(epoch)
+        lengths.append(len(loader))
+    return lengths
+
+
+def run_inprocess(mini_root, out, *extra):
+    cfg = load_config(DEMO, overrides(mini_root, out, *extra))
+    entry.validate_config(cfg)
+    return entry.train(cfg)
+
+
+def run_cli(mini_root, out, *extra, env=None, train_sh=False):
+    """main_cross_domain_emb.py in a new process, or train.sh (torchrun) when train_sh is set."""
+    if train_sh:
+        cmd = ["sh", os.path.join(REPO, "train.sh"), DEMO]
+    else:
+        cmd = [sys.executable, os.path.join(REPO, "main_cross_domain_emb.py"), "--config", DEMO]
+    cmd += overrides(mini_root, out, *extra)
+    return subprocess.run(cmd, cwd=REPO, env=dict(os.environ, **(env or {})), capture_output=True, text=True, timeout=600)
+
+
+def final_state(out):
+    return ckpt.load_checkpoint(os.path.join(out, ckpt.LATEST))
+
+
+def assert_same_params(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def straight(mini_root, tmp_path_factory):
+    """An uninterrupted run of 2N steps."""
+    out = str(tmp_path_factory.mktemp("straight"))
+    result = run_inprocess(mini_root, out, f"train.max_steps={2 * N}")
+    assert result["global_step"] == 2 * N
+    return out
+
+
+def test_run_writes_checkpoints_logs_and_config(straight, mini_root):
+    names = os.listdir(straight)
+    assert {f"checkpoint_{s:08d}.pth.tar" for s in range(2, 2 * N + 1, 2)} <= set(names)
+    assert os.listdir(os.path.join(straight, "tb"))
+    state = final_state(straight)
+    first = epoch_lengths(mini_root, 1)[0]
+    assert N < first < 2 * N
+    assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (2 * N, 1, 2 * N - first)
+    assert not any(k.startswith("module.") for k in state["model"])
+    with open(os.path.join(straight, "config.yaml"), encoding="utf-8") as f:
+        saved = yaml.safe_load(f)
+    assert saved == state["config"] == load_config(DEMO, overrides(mini_root, straight, f"train.max_steps={2 * N}"))
+    metrics = read_metrics(os.path.join(straight, "metrics.jsonl"))
+    assert sorted(metrics) == list(range(1, 2 * N + 1))
+    for key in ("train/loss", "train/loss_qu", "train/loss_qv", "train/loss_qt", "train/loss_recon_text",
+                "train/loss_recon_vision", "train/tau", "perf/samples_per_s", "perf/data_wait_fraction"):
+        assert key in metrics[1], key
+    assert 0 <= metrics[2]["perf/data_wait_fraction"] <= 1
+    assert metrics[1]["train/tau"] == pytest.approx(0.07, rel=1e-3)
+
+
+def test_lr_of_each_group_follows_the_schedule(straight, mini_root):
+    cfg = final_state(straight)["config"]
+    t = cfg["train"]
+    total = sum(epoch_lengths(mini_root, 1))
+    metrics = read_metrics(os.path.join(straight, "metrics.jsonl"))
+    for step, rec in metrics.items():
+        f = entry.lr_factor(step - 1, t["warmup_steps"], total)
+        assert rec["lr/visual"] == pytest.approx(t["lr_visual"] * f)
+        assert rec["lr/recon"] == pytest.approx(t["lr_recon"] * f)
+        assert rec["lr/other"] == pytest.approx(t["lr"] * f)
+    assert metrics[3]["lr/other"] == pytest.approx(t["lr"])  # end of the 3-step warm-up
+
+
+def assert_matches_straight(straight, out, first_step):
+    assert_same_params(final_state(straight)["model"], final_state(out)["model"])
+    a = read_metrics(os.path.join(straight, "metrics.jsonl"))
+    b = read_metrics(os.path.join(out, "metrics.jsonl"))
+    for step in range(first_step, 2 * N + 1):
+        for key, value in a[step].items():
+            if key.startswith(("train/", "lr/")):
+                assert b[step][key] == value, (step, key)
+
+
+def test_stop_and_resume_is_exact(straight, mini_root, tmp_path):
+    out = str(tmp_path)
+    assert run_inprocess(mini_root, out, f"train.max_steps={N}")["global_step"] == N
+    state = final_state(out)
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, N, N)
+    assert run_inprocess(mini_root, out, f"train.max_steps={2 * N}")["global_step"] == 2 * N
+    assert_matches_straight(straight, out, 1)
+    straight_opt = final_state(straight)["optimizer"]["state"]
+    for k, v in final_state(out)["optimizer"]["state"].items():
+        assert torch.equal(v["exp_avg"], straight_opt[k]["exp_avg"])
+
+
+def test_killed_while_writing_a_checkpoint_then_resumed_is_exact(straight, mini_root, tmp_path):
+    out = str(tmp_path)
+    killed = run_cli(mini_root, out, f"train.max_steps={2 * N}", env={ckpt.KILL_ENV: str(N)})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    # the half-written step-N file never got its real name; the newest valid checkpoint is N - 2
+    assert os.path.exists(os.path.join(out, f"checkpoint_{N:08d}.pth.tar.tmp"))
+    assert not os.path.exists(os.path.join(out, f"checkpoint_{N:08d}.pth.tar"))
+    assert ckpt.find_latest_valid(out)[1]["global_step"] == N - 2
+    assert run_inprocess(mini_root, out, f"train.max_steps={2 * N}")["global_step"] == 2 * N
+    assert_matches_straight(straight, out, 1)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_checkpoint_resumes_in_one_process(mini_root, tmp_path):
+    out = str(tmp_path)
+    env = {"NPROC_PER_NODE": "2", "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
+    two = run_cli(mini_root, out, "train.max_steps=3", env=env, train_sh=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "world size 2" in two.stderr and "global batch 8" in two.stderr
+    saved = final_state(out)
+    # the resumed run uses another seed: had the weights not been loaded, it would start from another init
+    two_lengths, one_lengths = epoch_lengths(mini_root, 2), epoch_lengths(mini_root, 1, "seed=5")
+    assert (saved["world_size"], saved["epoch_lengths"], saved["global_step"]) == (2, two_lengths, 3)
+    assert len(saved["rng"]) == 2
+    # 3 of the epoch's batches with 2 ranks is the same share of the epoch in 1 process
+    start = round(3 * one_lengths[0] / two_lengths[0])
+    run_inprocess(mini_root, out, f"train.max_steps={one_lengths[0]}", "seed=5")
+    resumed = final_state(out)
+    assert (resumed["world_size"], resumed["global_step"], resumed["epoch"], resumed["step_in_epoch"]) == (
+        1, one_lengths[0], 1, 0)
+    assert sorted(read_metrics(os.path.join(out, "metrics.jsonl"))) == [1, 2, 3, *range(start + 1, one_lengths[0] + 1)]
+    # Adam's step count continued from the 2-process run's 3 steps
+    assert {int(v["step"]) for v in resumed["optimizer"]["state"].values()} == {3 + one_lengths[0] - start}
+    from models import build_model
+
+    seed_model_init(5)
+    fresh = build_model(saved["config"]).state_dict()
+    moved = sum((resumed["model"][k] - saved["model"][k]).float().norm() for k in saved["model"])
+    apart = sum((fresh[k] - saved["model"][k]).float().norm() for k in saved["model"])
+    assert 0 < moved < 0.2 * apart
+
+
+def test_non_finite_loss_stops_naming_step_term_and_checkpoint(mini_root, tmp_path):
+    from models import build_model
+
+    class FailsAtStep3(torch.nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.inner = build_model(cfg)
+            self.calls = 0
+
+        def forward(self, batch):
+            out = self.inner(batch)
+            self.calls += 1
+            if self.calls == 3:
+                out["loss_qv"] = out["loss_qv"] * float("nan")
+                out["loss"] = out["loss"] + out["loss_qv"]
+            return out
+
+        def param_groups(self, cfg):
+            return self.inner.param_groups(cfg)
+
+    out = str(tmp_path)
+    cfg = load_config(DEMO, overrides(mini_root, out))
+    with pytest.raises(entry.NonFiniteLoss) as err:
+        entry.train(cfg, build_model=FailsAtStep3)
+    msg = str(err.value)
+    assert "non-finite loss_qv = nan at step 3" in msg
+    assert msg.endswith(os.path.join(out, "checkpoint_00000002.pth.tar"))
+    assert ckpt.find_latest_valid(out)[1]["global_step"] == 2
