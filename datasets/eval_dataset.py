@@ -14,20 +14,21 @@ from datasets.annotations import AnnotationError, parse_item_list, read_goods_te
 from datasets.counters import SharedCounters
 from datasets.frames import UnreadableImage, decode_video, load_image, segment_indices, stack_frames
 from datasets.text import goods_title, video_text
+from datasets.tokenizer import Tokenizer
 from datasets.transforms import EvalClipTransform
 
 logger = logging.getLogger(__name__)
 
 
 class EvalDataset:
-    def __init__(self, paths, list_path, tokenizer, *, num_frames, image_size, text_max_len,
+    def __init__(self, paths, list_path, *, num_frames, image_size, text_max_len,
                  frame_source="images", skip_unreadable=False):
         if frame_source not in ("images", "raw"):
             raise ValueError(f"data.frame_source must be images or raw, got {frame_source!r}")
         self.paths = paths
         self.list_path = list_path
         self.items = parse_item_list(list_path)
-        self.tokenizer = tokenizer
+        self.tokenizer = Tokenizer()
         self.num_frames = num_frames
         self.image_size = image_size
         self.text_max_len = text_max_len

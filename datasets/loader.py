@@ -7,7 +7,6 @@ import torch
 from datasets.annotations import DatasetPaths, parse_train_file
 from datasets.eval_dataset import EvalDataset
 from datasets.sampler import DomainBatchSampler
-from datasets.tokenizer import Tokenizer
 from datasets.train_dataset import TrainDataset
 
 TRAIN_TENSOR_KEYS = ("query_ids", "query_mask", "frames", "text_ids", "text_mask")
@@ -58,7 +57,7 @@ def build_train_loader(cfg, rank, world_size):
     entries = parse_train_file(paths.train_file)
     sampler = DomainBatchSampler(entries, cfg["train"]["batch_size"], rank, world_size, seed=cfg["seed"])
     dataset = TrainDataset(
-        paths, entries, Tokenizer(), num_frames=data["num_frames"], image_size=data["image_size"],
+        paths, entries, num_frames=data["num_frames"], image_size=data["image_size"],
         query_max_len=data["query_max_len"], text_max_len=data["text_max_len"], crop_scale=data["crop_scale"],
         frame_source=data["frame_source"], seed=cfg["seed"], title_aug_prob=data["title_aug_prob"],
         video_text_keep_prob=data["video_text_keep_prob"])
@@ -74,6 +73,6 @@ def build_eval_dataset(cfg, list_path):
     """The items of one test list (test_file/*_query.txt or *_gallery.txt), in file order."""
     data = cfg["data"]
     return EvalDataset(
-        DatasetPaths(data["root"], data["dataset"]), list_path, Tokenizer(), num_frames=data["num_frames"],
+        DatasetPaths(data["root"], data["dataset"]), list_path, num_frames=data["num_frames"],
         image_size=data["image_size"], text_max_len=data["text_max_len"], frame_source=data["frame_source"],
         skip_unreadable=data["skip_unreadable_eval"])

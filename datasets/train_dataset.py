@@ -18,6 +18,7 @@ from datasets.annotations import AnnotationError, read_frame_ids, read_goods_tex
 from datasets.counters import SharedCounters
 from datasets.frames import UnreadableImage, decode_video, load_image, segment_indices, stack_frames
 from datasets.text import augment_title, goods_title, video_text
+from datasets.tokenizer import Tokenizer
 from datasets.transforms import TrainClipTransform
 
 logger = logging.getLogger(__name__)
@@ -26,14 +27,16 @@ MAX_REPLACEMENTS = 50  # a sample still unreadable after this many draws points 
 
 
 class TrainDataset:
-    def __init__(self, paths, entries, tokenizer, *, num_frames, image_size, query_max_len, text_max_len,
+    def __init__(self, paths, entries, *, num_frames, image_size, query_max_len, text_max_len,
                  crop_scale=(0.64, 1.0), frame_source="images", seed=0, title_aug_prob=0.6,
                  video_text_keep_prob=0.8):
         if frame_source not in ("images", "raw"):
             raise ValueError(f"data.frame_source must be images or raw, got {frame_source!r}")
         self.paths = paths
         self.entries = entries
-        self.tokenizer = tokenizer
+        # one tokenizer each, so that the truncation rates of queries and texts are told apart
+        self.query_tokenizer = Tokenizer()
+        self.text_tokenizer = Tokenizer()
         self.num_frames = num_frames
         self.query_max_len = query_max_len
         self.text_max_len = text_max_len
@@ -51,8 +54,9 @@ class TrainDataset:
         self._logged = set()  # per process: files already reported
 
     def stats(self):
-        """Counts over all workers so far, and the tokenizer's truncation rate."""
-        return {**self.counts.as_dict(), "truncation_rate": self.tokenizer.truncation_rate}
+        """Counts over all workers so far, and the share of queries and of texts cut to their max length."""
+        return {**self.counts.as_dict(), "query_truncation_rate": self.query_tokenizer.truncation_rate,
+                "text_truncation_rate": self.text_tokenizer.truncation_rate}
 
     def _items(self, query_index, domain):
         entry = self.entries[query_index]
@@ -76,8 +80,8 @@ class TrainDataset:
             raise RuntimeError(f"{MAX_REPLACEMENTS} {sample.domain} items in a row were unreadable, starting with "
                                f"pid {sample.pid}: check {self.paths.data_dir}")
         text = self._text(sample.domain, pid, rng)
-        query_ids, query_mask = self.tokenizer([self.entries[query_index].query], self.query_max_len)
-        text_ids, text_mask = self.tokenizer([text], self.text_max_len)
+        query_ids, query_mask = self.query_tokenizer([self.entries[query_index].query], self.query_max_len)
+        text_ids, text_mask = self.text_tokenizer([text], self.text_max_len)
         return {
             "query_ids": query_ids[0], "query_mask": query_mask[0],
             "frames": self.transform(frames, seed=rng.getrandbits(63)),

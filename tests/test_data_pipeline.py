@@ -74,17 +74,17 @@ def add_video(paths, pid, levels, missing=(), text=("好看", "红色杯子", "�
     return names
 
 
-def train_dataset(paths, entries, tokenizer, **kw):
+def train_dataset(paths, entries, **kw):
     args = dict(num_frames=T, image_size=SIZE, query_max_len=20, text_max_len=90, crop_scale=(0.64, 1.0),
                 seed=0, title_aug_prob=0.0, video_text_keep_prob=1.0)
     args.update(kw)
-    return TrainDataset(paths, entries, tokenizer, **args)
+    return TrainDataset(paths, entries, **args)
 
 
 def test_goods_sample_fields_and_title(tmp_path, tokenizer):
     paths = DatasetPaths(tmp_path)
     add_goods(paths, 7, 90, title="纯棉短袖T恤")
-    ds = train_dataset(paths, [TrainEntry("白色短袖", [7], [])], tokenizer)
+    ds = train_dataset(paths, [TrainEntry("白色短袖", [7], [])])
     out = ds[TrainSample(0, 0, "goods", 7)]
     assert out["frames"].shape == (1, 3, SIZE, SIZE) and out["frames"].dtype == torch.float32
     assert gray_level(out["frames"][0]) == 90
@@ -101,7 +101,7 @@ def test_title_augmentation_and_video_text_dropout_are_applied(tmp_path, tokeniz
     add_video(paths, 2, [10, 20, 30, 40, 50], text=("配文", "标题", "正文"))
     entries = [TrainEntry("q", [1], [2])]
     plain = tokenizer([title], 90)[0][0]
-    ds = train_dataset(paths, entries, tokenizer, title_aug_prob=1.0, video_text_keep_prob=0.5)
+    ds = train_dataset(paths, entries, title_aug_prob=1.0, video_text_keep_prob=0.5)
     goods_texts = [tuple(ds[TrainSample(e, 0, "goods", 1)]["text_ids"].tolist()) for e in range(20)]
     # an edit that only inserts spaces leaves the tokens as they were (1 title in 27)
     assert goods_texts.count(tuple(plain.tolist())) <= 3 and len(set(goods_texts)) > 10
@@ -118,7 +118,7 @@ def test_unreadable_goods_is_counted_logged_once_and_replaced(tmp_path, tokenize
     add_goods(paths, 4, 40, image="missing")
     add_video(paths, 9, [200] * 6)
     entries = [TrainEntry("q0", [1, 2], []), TrainEntry("q1", [3], [9]), TrainEntry("q2", [4], [])]
-    ds = train_dataset(paths, entries, tokenizer)
+    ds = train_dataset(paths, entries)
     owner = {2: 0, 3: 1}
 
     with caplog.at_level(logging.WARNING, logger="datasets.train_dataset"):
@@ -142,14 +142,14 @@ def test_unreadable_goods_is_counted_logged_once_and_replaced(tmp_path, tokenize
     assert sum(paths.image_path(4) in m for m in messages) == 1
 
 
-def test_video_frames_follow_segments_and_skip_unreadable_frames(tmp_path, tokenizer):
+def test_video_frames_follow_segments_and_skip_unreadable_frames(tmp_path):
     paths = DatasetPaths(tmp_path)
     levels = [10 * (k + 1) for k in range(12)]
     add_video(paths, 5, levels)
     add_video(paths, 6, [11, 22, 33, 44, 55, 66], missing=(1, 3, 5))
     add_video(paths, 7, [70, 80, 90])
     entries = [TrainEntry("q", [], [5, 6, 7])]
-    ds = train_dataset(paths, entries, tokenizer)
+    ds = train_dataset(paths, entries)
 
     for epoch in range(10):
         frames = ds[TrainSample(epoch, 0, "video", 5)]["frames"]
@@ -168,13 +168,13 @@ def test_video_frames_follow_segments_and_skip_unreadable_frames(tmp_path, token
     assert [gray_level(f) for f in ds[TrainSample(0, 0, "video", 7)]["frames"]] == [70, 80, 90, 90, 90]
 
 
-def test_video_without_readable_frames_is_replaced_by_a_video(tmp_path, tokenizer):
+def test_video_without_readable_frames_is_replaced_by_a_video(tmp_path):
     paths = DatasetPaths(tmp_path)
     add_video(paths, 5, [100, 110], missing=(0, 1))
     add_video(paths, 6, [60] * 5)
     add_goods(paths, 8, 30)
     entries = [TrainEntry("q0", [8], [5]), TrainEntry("q1", [], [6])]
-    out = train_dataset(paths, entries, tokenizer)[TrainSample(0, 0, "video", 5)]
+    out = train_dataset(paths, entries)[TrainSample(0, 0, "video", 5)]
     assert (out["pid"], out["query_index"], out["domain"]) == (6, 1, "video")
     assert [gray_level(f) for f in out["frames"]] == [60] * T
 
@@ -185,20 +185,20 @@ def test_malformed_and_missing_texts_are_counted_not_fatal(tmp_path, tokenizer):
     write_text(paths.text_path("goods", 1), ["only", "three", "lines"])
     add_goods(paths, 2, 20)
     os.remove(paths.text_path("goods", 2))
-    ds = train_dataset(paths, [TrainEntry("q", [1, 2], [])], tokenizer)
+    ds = train_dataset(paths, [TrainEntry("q", [1, 2], [])])
     empty = tokenizer([""], 90)[0][0]
     assert torch.equal(ds[TrainSample(0, 0, "goods", 1)]["text_ids"], empty)
     assert torch.equal(ds[TrainSample(0, 0, "goods", 2)]["text_ids"], empty)
     assert ds.stats()["empty_texts"] == 1 and ds.stats()["unreadable_texts"] == 1
 
 
-def test_collate_train_stacks_one_domain(tmp_path, tokenizer):
+def test_collate_train_stacks_one_domain(tmp_path):
     paths = DatasetPaths(tmp_path)
     for pid in (1, 2, 3):
         add_goods(paths, pid, 10 * pid)
     add_video(paths, 9, [1, 2, 3, 4, 5])
     entries = [TrainEntry(f"q{i}", [i + 1], [9] if i == 0 else []) for i in range(3)]
-    ds = train_dataset(paths, entries, tokenizer)
+    ds = train_dataset(paths, entries)
     batch = collate_train([ds[TrainSample(0, i, "goods", i + 1)] for i in range(3)])
     assert batch["frames"].shape == (3, 1, 3, SIZE, SIZE)
     assert batch["domain"] == "goods"
@@ -213,8 +213,8 @@ def write_list(path, rows):
         f.writelines("\t".join(map(str, row)) + "\n" for row in rows)
 
 
-def eval_dataset(paths, list_path, tokenizer, **kw):
-    return EvalDataset(paths, list_path, tokenizer, num_frames=T, image_size=SIZE, text_max_len=90, **kw)
+def eval_dataset(paths, list_path, **kw):
+    return EvalDataset(paths, list_path, num_frames=T, image_size=SIZE, text_max_len=90, **kw)
 
 
 def test_eval_video_items_take_segment_centres_in_list_order(tmp_path, tokenizer):
@@ -225,7 +225,7 @@ def test_eval_video_items_take_segment_centres_in_list_order(tmp_path, tokenizer
     list_path = os.path.join(paths.test_dir, "video2goods_query.txt")
     write_list(list_path, [(32, "photo", "q", ",".join(names_b), "32/32.txt"),
                            (31, "video", "q", ",".join(names_a), "31/31.txt")])
-    ds = eval_dataset(paths, list_path, tokenizer)
+    ds = eval_dataset(paths, list_path)
     assert len(ds) == 2
     first, second = ds[0], ds[1]
     assert (first["pid"], first["index"], second["pid"], second["index"]) == (32, 0, 31, 1)
@@ -240,7 +240,7 @@ def test_eval_video_items_take_segment_centres_in_list_order(tmp_path, tokenizer
     assert batch["pid"].tolist() == [32, 31] and batch["index"].tolist() == [0, 1]
 
 
-def test_unreadable_eval_item_is_an_error_unless_skipping(tmp_path, tokenizer):
+def test_unreadable_eval_item_is_an_error_unless_skipping(tmp_path):
     paths = DatasetPaths(tmp_path)
     add_goods(paths, 1, 10)
     add_goods(paths, 2, 20, image="corrupt")
@@ -248,13 +248,13 @@ def test_unreadable_eval_item_is_an_error_unless_skipping(tmp_path, tokenizer):
     list_path = os.path.join(paths.test_dir, "video2goods_gallery.txt")
     write_list(list_path, [(p, "goods", "q", f"{p}/{p}.jpg", f"{p}/{p}.txt") for p in (1, 2, 3)])
 
-    strict = eval_dataset(paths, list_path, tokenizer)
+    strict = eval_dataset(paths, list_path)
     assert gray_level(strict[0]["frames"][0]) == 10
     for index, pid in ((1, 2), (2, 3)):
         with pytest.raises(UnreadableImage, match=f"{pid}.jpg.*skip_unreadable_eval"):
             strict[index]
 
-    lenient = eval_dataset(paths, list_path, tokenizer, skip_unreadable=True)
+    lenient = eval_dataset(paths, list_path, skip_unreadable=True)
     black = (-MEAN / STD).expand(3, SIZE, SIZE)
     for index in (1, 2):
         item = lenient[index]
@@ -269,7 +269,7 @@ def test_unreadable_eval_item_is_an_error_unless_skipping(tmp_path, tokenizer):
     assert lenient[0]["text_mask"].sum() == 2 and lenient.stats()["empty_texts"] == 1
 
 
-def test_eval_raw_videos_decode_centres_and_missing_ones_follow_the_skip_rule(tmp_path, tokenizer):
+def test_eval_raw_videos_decode_centres_and_missing_ones_follow_the_skip_rule(tmp_path):
     paths = DatasetPaths(tmp_path)
     levels = [20 * k + 10 for k in range(10)]
     for pid in (41, 42):
@@ -279,12 +279,12 @@ def test_eval_raw_videos_decode_centres_and_missing_ones_follow_the_skip_rule(tm
     list_path = os.path.join(paths.test_dir, "goods2video_gallery.txt")
     write_list(list_path, [(pid, "video", "q", f"{pid}/{pid}_0.jpg", f"{pid}/{pid}.txt") for pid in (41, 42)])
 
-    strict = eval_dataset(paths, list_path, tokenizer, frame_source="raw")
+    strict = eval_dataset(paths, list_path, frame_source="raw")
     decoded = [gray_level(f) for f in strict[0]["frames"]]
     assert all(abs(a - levels[i]) <= 4 for a, i in zip(decoded, (1, 3, 5, 7, 9)))
     with pytest.raises(UnreadableImage, match="42.mp4"):
         strict[1]
-    lenient = eval_dataset(paths, list_path, tokenizer, frame_source="raw", skip_unreadable=True)
+    lenient = eval_dataset(paths, list_path, frame_source="raw", skip_unreadable=True)
     assert lenient[1]["frames"].shape == (T, 3, SIZE, SIZE) and lenient.stats()["black_frames"] == T
 
 
@@ -325,11 +325,13 @@ def test_train_loader_workers_share_counts_and_match_single_process(mini_root):
     for a, b in zip(single, workers):  # per-sample seeds: the same batches whichever worker loads them
         assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["text_ids"], b["text_ids"])
     stats = workers.dataset.stats()
-    assert workers.dataset.tokenizer.counts["texts"] == 2 * 4 * len(sampler)  # a query and a text per sample
+    # every sample tokenizes one query and one text, in whichever worker
+    assert workers.dataset.query_tokenizer.counts["texts"] == workers.dataset.text_tokenizer.counts["texts"]
+    assert workers.dataset.text_tokenizer.counts["texts"] == 4 * len(sampler)
     assert stats["empty_texts"] == single.dataset.stats()["empty_texts"]
 
 
-def test_raw_video_decoding_matches_the_frame_images(mini_root, tokenizer):
+def test_raw_video_decoding_matches_the_frame_images(mini_root):
     paths = DatasetPaths(mini_root)
     raw = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(paths.domain_dir("video"), "raw")) for f in fs)
     assert raw
@@ -341,7 +343,7 @@ def test_raw_video_decoding_matches_the_frame_images(mini_root, tokenizer):
     assert decoded.shape == images.shape
     assert (decoded.float() - images.float()).abs().mean() < 12  # the same frames, through a lossy codec
 
-    ds = train_dataset(paths, [TrainEntry("q", [], [pid])], tokenizer, num_frames=3, image_size=32,
+    ds = train_dataset(paths, [TrainEntry("q", [], [pid])], num_frames=3, image_size=32,
                        frame_source="raw")
     assert ds[TrainSample(0, 0, "video", pid)]["frames"].shape == (3, 3, 32, 32)
     assert ds.stats()["unreadable_images"] == 0
