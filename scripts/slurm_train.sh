@@ -1,0 +1,32 @@
+#!/bin/sh
+# Train on a SLURM cluster: one torchrun per node (srun), rendezvous on the first node of the job.
+#   sbatch --nodes=4 --gres=gpu:8 --ntasks-per-node=1 --cpus-per-task=64 scripts/slurm_train.sh [CONFIG] [key=value ...]
+# or inside an allocation (salloc): sh scripts/slurm_train.sh CONFIG ...
+#SBATCH --job-name=qcd
+#SBATCH --ntasks-per-node=1
+#SBATCH --output=slurm-%j.out
+set -e
+if [ -z "$SLURM_JOB_ID" ]; then
+    echo "scripts/slurm_train.sh: not inside a SLURM job (submit it with sbatch, or run it under salloc)" >&2
+    exit 1
+fi
+# sbatch runs a copy of this script from the spool directory: find the repository from the submit directory
+ROOT="${QCD_ROOT:-${SLURM_SUBMIT_DIR:-$(cd "$(dirname "$0")/.." && pwd)}}"
+CONFIG="${1:-configs/qcd_real400k.yaml}"
+[ $# -gt 0 ] && shift
+
+if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
+NNODES="${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}"
+# GPUs per node: SLURM_GPUS_ON_NODE when --gres/--gpus-per-node was given, else what torch sees
+NPROC_PER_NODE="${NPROC_PER_NODE:-${SLURM_GPUS_ON_NODE:-$("$PYTHON" -c "import torch; print(torch.cuda.device_count() or 1)")}}"
+MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+MASTER_PORT="${MASTER_PORT:-29500}"
+
+echo "nodes $NNODES x $NPROC_PER_NODE processes, rendezvous $MASTER_ADDR:$MASTER_PORT, config $CONFIG"
+cd "$ROOT"
+# one task per node; each task's torchrun starts NPROC_PER_NODE training processes
+srun --ntasks="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 \
+    "$PYTHON" -m torch.distributed.run \
+    --nnodes="$NNODES" --nproc_per_node="$NPROC_PER_NODE" \
+    --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT" \
+    main_cross_domain_emb.py --config "$CONFIG" "$@"
