@@ -20,6 +20,7 @@ import time
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from utils import checkpoint as ckpt
 from utils.config import ConfigError, load_config, save_config
@@ -51,7 +52,8 @@ def validate_config(cfg):
         for p in path:
             value = value[p]
         if value not in allowed:
-            extra = "; train.mode=infer has no training: evaluate with --evaluate" if path == ("train", "mode") and value == "infer" else ""
+            infer = path == ("train", "mode") and value == "infer"
+            extra = "; train.mode=infer has no training: evaluate with --evaluate" if infer else ""
             raise ConfigError(f"{'.'.join(path)}={value!r}: expected one of {list(allowed)}{extra}")
     t = cfg["train"]
     for key in ("epochs", "batch_size", "save_every_steps", "keep_last", "log_every"):
@@ -108,6 +110,26 @@ def set_schedule_step(optimizer, scheduler, global_step, warmup_steps, total_ste
     for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
         g["lr"] = base * lr_factor(global_step, warmup_steps, total_steps)
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+def _flatten(cfg, prefix=""):
+    for k, v in cfg.items():
+        if isinstance(v, dict) and v:
+            yield from _flatten(v, prefix + k + ".")
+        else:
+            yield prefix + k, v
+
+
+# keys that may change between a run and its continuation without changing the run
+RESUME_FREE_KEYS = {"resume", "output_dir", "config_path", "train.max_steps", "train.log_every", "train.threads",
+                    "train.save_every_steps", "train.keep_last", "data.num_workers"}
+
+
+def config_changes(old, new):
+    """'key: old -> new' for each setting that differs between a checkpoint's config and this run's."""
+    a, b = dict(_flatten(old)), dict(_flatten(new))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k) and k not in RESUME_FREE_KEYS]
 
 
 def _group_name(group, i):
@@ -230,6 +252,11 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
         scaler.load_state_dict(state["scaler"])
         scheduler.load_state_dict(state["scheduler"])
         epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        changes = config_changes(state["config"], cfg)
+        if changes:
+            # the optimizer's lrs and hyper-parameters come back from the checkpoint, whatever the config says
+            log.warning("config differs from the checkpoint's (optimizer settings are the checkpoint's): %s",
+                        "; ".join(changes))
         old = state["epoch_lengths"]
         if epoch < t["epochs"] and old[:epoch + 1] != epoch_lengths[:epoch + 1]:
             # another world size or batch size: keep the share of the epoch done, restate the step count
@@ -274,8 +301,6 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
                 "world_size": world_size, "batch_size": t["batch_size"], "epoch_lengths": epoch_lengths,
             }, out_dir, t["keep_last"])
         last_saved_step = global_step
-
-    from tqdm import tqdm
 
     model_ddp.train()
     wait_meter, step_meter = Meter(), Meter()

@@ -111,3 +111,10 @@ def test_resolved_config_round_trips(tmp_path):
     # the saved file is itself a loadable config giving the same run
     again = load_config(str(tmp_path / "out" / "config.yaml"))
     assert {k: v for k, v in again.items() if k != "config_path"} == {k: v for k, v in cfg.items() if k != "config_path"}
+
+
+def test_config_changes_between_checkpoint_and_resumed_run():
+    old = load_config(BASE)
+    new = load_config(BASE, ["train.lr=1e-3", "train.max_steps=10", "loss.weights.qt=0.5", "output_dir=elsewhere"])
+    assert entry.config_changes(old, new) == ["loss.weights.qt: 1.0 -> 0.5", "train.lr: 0.0001 -> 0.001"]
+    assert entry.config_changes(old, old) == []
