@@ -209,3 +209,31 @@ def test_non_finite_loss_stops_naming_step_term_and_checkpoint(mini_root, tmp_pa
     assert "non-finite loss_qv = nan at step 3" in msg
     assert msg.endswith(os.path.join(out, "checkpoint_00000002.pth.tar"))
     assert ckpt.find_latest_valid(out)[1]["global_step"] == 2
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, (0, 0, 1, "single")),
+    ({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, (5, 1, 8, "torchrun")),
+    # torchrun inside a SLURM job (scripts/slurm_train.sh): torchrun's variables win
+    ({"RANK": "3", "WORLD_SIZE": "16", "LOCAL_RANK": "3", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}, (3, 3, 16, "torchrun")),
+    ({"SLURM_PROCID": "6", "SLURM_NTASKS": "8", "SLURM_LOCALID": "2"}, (6, 2, 8, "slurm")),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, (0, 0, 1, "single")),  # a one-task allocation
+])
+def test_rank_detection(env, expected):
+    from utils.distributed import _ranks_from_env
+
+    assert _ranks_from_env(env) == expected
+
+
+def test_backend_choice_and_single_process_init():
+    from utils.distributed import init_distributed, is_dist, pick_backend
+
+    assert pick_backend("auto", True) == "nccl" and pick_backend("auto", False) == "gloo"
+    assert pick_backend("gloo", True) == "gloo"
+    with pytest.raises(RuntimeError, match="nccl needs CUDA"):
+        pick_backend("nccl", False)
+    with pytest.raises(RuntimeError, match="export MASTER_ADDR and MASTER_PORT"):
+        init_distributed({"dist_backend": "auto"}, env={"SLURM_PROCID": "1", "SLURM_NTASKS": "2"})
+    if not torch.cuda.is_available():
+        assert init_distributed({"dist_backend": "auto"}, env={}) == (0, 0, 1, torch.device("cpu"))
+        assert not is_dist()
