@@ -237,3 +237,21 @@ def test_backend_choice_and_single_process_init():
     if not torch.cuda.is_available():
         assert init_distributed({"dist_backend": "auto"}, env={}) == (0, 0, 1, torch.device("cpu"))
         assert not is_dist()
+
+
+def test_evaluate_flag_hands_over_to_feature_extraction(straight, mini_root, tmp_path):
+    import numpy as np
+
+    from datasets.annotations import DatasetPaths, parse_item_list
+
+    code = entry.main(["--config", DEMO, "--evaluate", f"data.root={mini_root}", "data.num_workers=0",
+                       f"eval.checkpoint={os.path.join(straight, ckpt.LATEST)}", "eval.direction=goods2video",
+                       f"eval.out_dir={tmp_path}/{{direction}}/{{feature}}"])
+    assert code == 0
+    paths = DatasetPaths(mini_root)
+    for side, list_path in (("query", paths.query_list("goods2video")), ("gallery", paths.gallery_list("goods2video"))):
+        feats = np.load(tmp_path / "goods2video" / "fused" / side / "feats.npy")
+        ids = (tmp_path / "goods2video" / "fused" / side / "ids.txt").read_text().split()
+        assert ids == [str(item.pid) for item in parse_item_list(list_path)]
+        assert feats.shape == (len(ids), 64)
+        assert np.allclose(np.linalg.norm(feats.astype(np.float32), axis=1), 1, atol=1e-2)
