@@ -85,7 +85,8 @@ class FusionEncoder(nn.Module):
         self.grad_checkpointing = bool(cfg["model"]["backbone"]["grad_checkpointing"])
 
     def forward(self, v_cls, t_cls, text_states, text_mask, visual_tokens):
-        """visual_tokens [B,T,N,width]: averaged over the frames, normalised, projected to the text width."""
+        """visual_tokens [B,T,1+P,width] (every ViT output token, [CLS] and patches): averaged over the frames,
+        normalised, projected to the text width, then the keys/values of every cross-attention."""
         visual = self.visual_proj(self.visual_norm(visual_tokens.mean(dim=1)))
         additive_mask = extended_attention_mask(text_mask, text_states.dtype)
         x = text_states
