@@ -52,16 +52,8 @@ def is_dist():
     return dist.is_available() and dist.is_initialized()
 
 
-def get_rank():
-    return dist.get_rank() if is_dist() else 0
-
-
-def get_world_size():
-    return dist.get_world_size() if is_dist() else 1
-
-
 def is_main():
-    return get_rank() == 0
+    return not is_dist() or dist.get_rank() == 0
 
 
 def barrier():
