@@ -55,11 +55,13 @@ def extract(cfg):
     from models import build_model
     from utils.checkpoint import load_model_weights
     from utils.distributed import init_distributed
+    from utils.seed import seed_model_init
 
     rank, _, world_size, device = init_distributed(cfg)
     if cfg["train"]["threads"]:
         import torch
         torch.set_num_threads(cfg["train"]["threads"])
+    seed_model_init(cfg["seed"])  # an untrained model is the one training would start from
     model = build_model(cfg)
     checkpoint = cfg["eval"]["checkpoint"]
     if checkpoint:

@@ -32,7 +32,6 @@ log = logging.getLogger("qcd")
 
 CHOICES = {
     ("dist_backend",): ("auto", "nccl", "gloo"),
-    ("train", "mode"): ("q", "ft"),
     ("train", "optimizer"): ("adam", "adamw"),
     ("train", "amp"): ("bf16", "fp16", "none"),
 }
@@ -52,9 +51,7 @@ def validate_config(cfg):
         for p in path:
             value = value[p]
         if value not in allowed:
-            infer = path == ("train", "mode") and value == "infer"
-            extra = "; train.mode=infer has no training: evaluate with --evaluate" if infer else ""
-            raise ConfigError(f"{'.'.join(path)}={value!r}: expected one of {list(allowed)}{extra}")
+            raise ConfigError(f"{'.'.join(path)}={value!r}: expected one of {list(allowed)}")
     t = cfg["train"]
     for key in ("epochs", "batch_size", "save_every_steps", "keep_last", "log_every"):
         if t[key] is None or t[key] < 1:

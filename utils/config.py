@@ -45,6 +45,22 @@ def _read_yaml(path):
     return data
 
 
+def _key_lines(path):
+    """1-based line of every dotted key path in a YAML file, so errors can point at it."""
+    with open(path, encoding="utf-8") as f:
+        root = yaml.compose(f, Loader=_Loader)
+    lines = {}
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                lines[prefix + str(k.value)] = k.start_mark.line + 1
+                walk(v, prefix + str(k.value) + ".")
+
+    walk(root, "")
+    return lines
+
+
 def _load_chain(path, seen=()):
     path = os.path.abspath(path)
     if path in seen:
@@ -65,8 +81,18 @@ def _known_keys(schema, prefix=""):
 
 
 def _unknown(key, schema_root, where):
-    close = difflib.get_close_matches(key, list(_known_keys(schema_root)), n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    """Error for an unknown key, suggesting the closest sibling (or, failing that, any key)."""
+    parent, _, leaf = key.rpartition(".")
+    siblings = schema_root
+    for p in parent.split(".") if parent else ():
+        siblings = siblings[p]
+    close = difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.6)
+    if close:
+        suggestion = (parent + "." if parent else "") + close[0]
+    else:
+        close = difflib.get_close_matches(key, list(_known_keys(schema_root)), n=1, cutoff=0.6)
+        suggestion = close[0] if close else None
+    hint = f"; did you mean '{suggestion}'?" if suggestion else ""
     return ConfigError(f"{where}: unknown config key '{key}'{hint}")
 
 
@@ -93,16 +119,18 @@ def _check_type(key, default, value, where):
     return value
 
 
-def _merge(dst, src, schema, schema_root, where, prefix=""):
+def _merge(dst, src, schema, schema_root, where, lines=None, prefix=""):
+    """Merge `src` into `dst`, checking keys and types against `schema`; `lines` maps keys to file lines."""
     for k, v in src.items():
         key = prefix + k
+        loc = f"{where}:{lines[key]}" if lines and key in lines else where
         if k not in schema:
-            raise _unknown(key, schema_root, where)
+            raise _unknown(key, schema_root, loc)
         default = schema[k]
         if isinstance(default, dict) and default and isinstance(v, dict):
-            _merge(dst[k], v, default, schema_root, where, key + ".")
+            _merge(dst[k], v, default, schema_root, where, lines, key + ".")
         else:
-            dst[k] = copy.deepcopy(_check_type(key, default, v, where))
+            dst[k] = copy.deepcopy(_check_type(key, default, v, loc))
 
 
 def parse_value(text):
@@ -120,7 +148,7 @@ def load_config(path, overrides=None):
     cfg = copy.deepcopy(schema)
     for file_path, data in _load_chain(path):
         if os.path.abspath(file_path) != SCHEMA_PATH:
-            _merge(cfg, data, schema, schema, file_path)
+            _merge(cfg, data, schema, schema, file_path, _key_lines(file_path))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value (for example train.epochs=2)")
