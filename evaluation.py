@@ -49,6 +49,19 @@ def data_paths(cfg):
     return DatasetPaths(cfg["data"]["root"], cfg["data"]["dataset"])
 
 
+def features_made_by(cfg):
+    """What the features depend on; a feature folder made by anything else is not reused (evaluate/extract.py).
+    The checkpoint's size and modification time tell a retrained `checkpoint_latest` from the old one."""
+    checkpoint = cfg["eval"]["checkpoint"]
+    stamp = None
+    if checkpoint:
+        st = os.stat(checkpoint)
+        stamp = {"bytes": st.st_size, "mtime": st.st_mtime}
+    data = {k: cfg["data"][k] for k in ("image_size", "num_frames", "text_max_len", "frame_source")}
+    return {"checkpoint": os.path.abspath(checkpoint) if checkpoint else None, "checkpoint_stamp": stamp,
+            "seed": cfg["seed"], "model": cfg["model"], "data": data}
+
+
 def extract(cfg):
     """Write query and gallery features of eval.direction (every feature of eval.feature); returns the rank."""
     from datasets import build_eval_dataset, collate_eval
@@ -74,8 +87,7 @@ def extract(cfg):
             {f: os.path.join(out_dir(cfg, f), side) for f in feature_names(cfg)},
             rank=rank, world_size=world_size, device=device, batch_size=cfg["eval"]["batch_size"],
             num_workers=cfg["data"]["num_workers"], dtype=cfg["eval"]["dtype"], collate_fn=collate_eval,
-            meta={"checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
-                  "list": os.path.abspath(list_path)},
+            meta=dict(features_made_by(cfg), list=os.path.abspath(list_path)),
             desc=f"{direction} {side}")
     return rank
 

@@ -130,3 +130,23 @@ def test_evaluate_direction_on_the_mini_dataset(mini_root, tmp_path):
         assert ids == gallery and feats.shape[0] == len(gallery)
         np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-4)
     assert (tmp_path / "eval" / "video2goods" / "fused" / "page.html").exists()
+
+
+def test_feature_folder_identity_follows_checkpoint_contents_and_model(tmp_path):
+    import os
+    import time
+
+    from evaluation import features_made_by
+    from utils.config import load_config
+
+    ckpt = tmp_path / "checkpoint_latest.pth.tar"
+    ckpt.write_bytes(b"first")
+    cfg = load_config("configs/demo.yaml", [f"eval.checkpoint={ckpt}"])
+    before = features_made_by(cfg)
+    assert features_made_by(cfg) == before
+    ckpt.write_bytes(b"retrained")  # same path, new weights
+    os.utime(ckpt, (time.time() + 5, time.time() + 5))
+    assert features_made_by(cfg)["checkpoint_stamp"] != before["checkpoint_stamp"]
+    other = load_config("configs/demo.yaml", [f"eval.checkpoint={ckpt}", "model.video.pooling=mean"])
+    assert features_made_by(other)["model"] != features_made_by(cfg)["model"]
+    assert features_made_by(load_config("configs/demo.yaml", ["seed=1"]))["seed"] == 1
