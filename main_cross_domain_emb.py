@@ -301,6 +301,7 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
 
     model_ddp.train()
     wait_meter, step_meter = Meter(), Meter()
+    bar = None
     try:
         while epoch < t["epochs"] and global_step < max_steps:
             # the sampler skips the batches already done in this epoch without loading them
@@ -372,6 +373,8 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
             save(epoch, step_in_epoch)
         barrier()
     finally:
+        if bar is not None:
+            bar.close()  # also when a non-finite loss stops the run mid-epoch
         metrics.close()
     log.info("finished at global step %d; last checkpoint %s", global_step, last_ckpt)
     return {"global_step": global_step, "checkpoint": last_ckpt}
