@@ -128,17 +128,25 @@ def test_fusion_starts_as_copy_of_last_text_layers():
 def test_fusion_is_bidirectional_and_looks_at_vision():
     model = tiny_model().eval()
     b = synthetic_batch(tiny_cfg(), batch=2)
-    ids, mask = b["text_ids"].clone(), b["text_mask"].clone()
-    ids[:, :] = torch.tensor([101, 3000, 3001, 3002, 3003, 3004, 102, 0, 0, 0, 0, 0])
+    ids = torch.tensor([101, 3000, 3001, 3002, 3003, 3004, 102, 0, 0, 0, 0, 0]).repeat(2, 1)
     mask = (ids != 0).long()
+    last_real = 5  # the last text token before [SEP]
     with torch.no_grad():
-        base = model.encode_item(b["frames"], ids, mask)["fused"]
-        later = ids.clone()
-        later[:, 5] = 4000  # the last text token before [SEP]
-        changed_text = model.encode_item(b["frames"], later, mask)["fused"]
+        h, tokens = model.backbone.encode_frames(b["frames"].flatten(0, 1))
+        tokens = tokens.view(2, 3, *tokens.shape[1:])
+        v_cls = model.video_pooling(h.view(2, 3, -1))
+        t_cls, _, text_states = model.backbone.encode_text(ids, mask, keep_layer=model.fusion.start_layer)
+        base = model.fusion(v_cls, t_cls, text_states, mask, tokens)
+        # Only the fusion's input state at the last position changes: the text tower's states are
+        # already bidirectional, so u_cls (read at position 0) can only move if the fusion layers
+        # themselves let position 0 attend to later positions.
+        later = text_states.clone()
+        later[:, last_real] += torch.randn_like(later[:, last_real])
+        changed_text = model.fusion(v_cls, t_cls, later, mask, tokens)
+        item = model.encode_item(b["frames"], ids, mask)["fused"]
         changed_frames = model.encode_item(b["frames"] + torch.randn_like(b["frames"]), ids, mask)["fused"]
     assert (changed_text - base).abs().max() > 1e-4
-    assert (changed_frames - base).abs().max() > 1e-4
+    assert (changed_frames - item).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("pooling", ["add", "mean", "lstm", "ftt"])
