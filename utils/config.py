@@ -1,8 +1,9 @@
 """YAML experiment configs: `_base_` inheritance, typed `key.sub=value` overrides, strict keys.
 
 `configs/base.yaml` is the schema: every key a run may set is declared there, with its
-type given by its default. A mapping declared as `{}` in the schema is free-form (its
-content is not checked). Every other config inherits from it, directly or through
+type given by its default (`null` is accepted only where the default is null). A mapping
+declared as `{}` in the schema is free-form: its content is not checked, and later files and
+overrides add to it key by key. Every other config inherits from it, directly or through
 `_base_` chains, and may only set keys the schema knows.
 """
 import copy
@@ -97,8 +98,11 @@ def _unknown(key, schema_root, where):
 
 
 def _check_type(key, default, value, where):
-    if default is None or value is None:
+    """`value` for `key`, checked against the type of the schema's default (null only where the default is null)."""
+    if default is None:
         return value
+    if value is None:
+        raise ConfigError(f"{where}: key '{key}' expects {type(default).__name__} (default {default!r}), got null")
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
@@ -129,8 +133,18 @@ def _merge(dst, src, schema, schema_root, where, lines=None, prefix=""):
         default = schema[k]
         if isinstance(default, dict) and default and isinstance(v, dict):
             _merge(dst[k], v, default, schema_root, where, lines, key + ".")
+        elif isinstance(default, dict) and isinstance(v, dict):
+            _deep_update(dst[k], v)  # a free-form mapping: merged key by key, contents unchecked
         else:
             dst[k] = copy.deepcopy(_check_type(key, default, v, loc))
+
+
+def _deep_update(dst, src):
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = copy.deepcopy(v)
 
 
 def parse_value(text):
