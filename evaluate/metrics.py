@@ -1,11 +1,11 @@
 """Retrieval metrics of shared/DATA_FORMAT.md.
 
-R@K of one query = |relevant ∩ top-K| / |relevant|, averaged over queries, in percent; the
-relevant set is the query's ground-truth items that are in the gallery (an item the gallery
-lacks can never be retrieved, so counting it would only lower every method alike). A query
-with no relevant item in the gallery, or with no ground truth at all, is left out of the
-mean and reported. Hit rate@K, the share of queries with at least one relevant item in the
-top K (what several codebases call "recall"), is reported beside it.
+R@K of one query = |relevant ∩ top-K| / |relevant|, averaged over queries, in percent, with
+|relevant| the size of the query's whole ground-truth list, as in the authors' evaluation code:
+a relevant item missing from the gallery cannot be retrieved and so lowers the query's recall.
+A query none of whose relevant items is in the gallery, or with no ground truth at all, is left
+out of the mean and reported. Hit rate@K, the share of queries with at least one relevant item
+in the top K (what several codebases call "recall"), is reported beside it.
 """
 import numpy as np
 
@@ -30,13 +30,14 @@ def recall_at_k(query_ids, ranked_rows, gallery_ids, gt, ks):
         if qid not in gt:
             left_out["no_ground_truth"].append(qid)
             continue
-        relevant = [row_of[g] for g in set(gt[qid]) if g in row_of]
-        absent += len(set(gt[qid])) - len(relevant)
+        wanted = set(gt[qid])
+        relevant = [row_of[g] for g in wanted if g in row_of]
+        absent += len(wanted) - len(relevant)
         if not relevant:
             left_out["no_relevant_in_gallery"].append(qid)
             continue
         found = np.cumsum(np.isin(ranked_rows[q, :depth], relevant))[cut]
-        recall_sum += found / len(relevant)
+        recall_sum += found / len(wanted)
         hit_sum += found > 0
         evaluated += 1
     have = set(query_ids)

@@ -42,8 +42,9 @@ GT_LINES = [
     "6\t100",
 ]
 KS = [1, 2, 3, 5]
-# Per-query recall at K=1,2,3,5: A 0,0,1/2,1  B 1/2,1/2,1/2,1/2  C 1,1,1,1 -> mean over 3 queries.
-EXPECTED_RECALL = {"1": 50.0, "2": 50.0, "3": 200 / 3, "5": 250 / 3}
+# Per-query recall at K=1,2,3,5 (|relevant| counts 999 too, as the authors' code does):
+# A 0,0,1/3,2/3  B 1/2,1/2,1/2,1/2  C 1,1,1,1 -> mean over 3 queries.
+EXPECTED_RECALL = {"1": 50.0, "2": 50.0, "3": 1100 / 18, "5": 1300 / 18}
 EXPECTED_HIT = {"1": 200 / 3, "2": 200 / 3, "3": 100.0, "5": 100.0}
 
 
