@@ -37,7 +37,7 @@ def augment_title(title, rng, prob):
     space, one third each."""
     if len(title) < TITLE_AUG_MIN_CHARS or rng.random() >= prob:
         return title
-    edits = {pos: rng.randrange(3) for pos in rng.sample(range(len(title)), round(TITLE_AUG_RATE * len(title)))}
+    edits = {pos: rng.randrange(3) for pos in rng.sample(range(len(title)), int(TITLE_AUG_RATE * len(title)))}
     out = []
     for pos, ch in enumerate(title):
         op = edits.get(pos)

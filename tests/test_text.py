@@ -66,16 +66,16 @@ def decode_edits(title, augmented):
 
 
 def test_title_augmentation_edits_a_fifth_of_positions_one_third_each():
-    title = "春夏新款纯棉短袖男士圆领宽松上衣"  # 16 distinct characters -> round(3.2) = 3 edits
+    title = "春夏新款纯棉短袖男士圆领宽松"  # 14 distinct characters -> int(2.8) = 2 edits, as the authors count
     ops_count, positions = Counter(), Counter()
     for seed in range(3000):
         ops = decode_edits(title, augment_title(title, random.Random(seed), prob=1.0))
         edited = [i for i, op in enumerate(ops) if op != "keep"]
-        assert len(edited) == 3
+        assert len(edited) == 2
         ops_count.update(ops[i] for i in edited)
         positions.update(edited)
     for op in ("double", "drop", "space"):
-        assert abs(ops_count[op] / 9000 - 1 / 3) < 0.03
+        assert abs(ops_count[op] / 6000 - 1 / 3) < 0.03
     assert set(positions) == set(range(len(title)))
 
 
