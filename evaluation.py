@@ -81,9 +81,12 @@ def extract(cfg):
         load_model_weights(model, checkpoint)
     model.to(device)
     paths, direction = data_paths(cfg), cfg["eval"]["direction"]
-    for side, list_path in zip(SIDES, (paths.query_list(direction), paths.gallery_list(direction))):
+    from datasets.annotations import GALLERY_DOMAIN, QUERY_DOMAIN
+    lists = {"query": (paths.query_list(direction), QUERY_DOMAIN[direction]),
+             "gallery": (paths.gallery_list(direction), GALLERY_DOMAIN[direction])}
+    for side, (list_path, domain) in lists.items():
         extract_features(
-            model, build_eval_dataset(cfg, list_path),
+            model, build_eval_dataset(cfg, list_path, domain),
             {f: os.path.join(out_dir(cfg, f), side) for f in feature_names(cfg)},
             rank=rank, world_size=world_size, device=device, batch_size=cfg["eval"]["batch_size"],
             num_workers=cfg["data"]["num_workers"], dtype=cfg["eval"]["dtype"], collate_fn=collate_eval,

@@ -155,16 +155,13 @@ def read_goods_text(path):
 
 
 def read_video_text(path):
-    """caption, title, text of a video text file; the literal `null` (or an empty line) gives None.
-
-    A file without exactly 3 lines gives None for all three (counted by the caller, like goods).
-    """
+    """caption, title, text of a video text file, read by position as the authors' loader does:
+    the literal `null`, an empty line or a missing line gives None, lines past the third are
+    ignored (`python -m datasets.validate` reports files without exactly 3 lines)."""
     lines = read_file_lines(path)
-    if len(lines) != len(VIDEO_TEXT_FIELDS):
-        return dict.fromkeys(VIDEO_TEXT_FIELDS)
     out = {}
-    for name, line in zip(VIDEO_TEXT_FIELDS, lines):
-        line = line.strip()
+    for i, name in enumerate(VIDEO_TEXT_FIELDS):
+        line = lines[i].strip() if i < len(lines) else ""
         out[name] = None if line in ("", "null") else line
     return out
 
@@ -256,11 +253,14 @@ def parse_item_line(line, path, lineno):
     return TestItem(pid, domain, query, frames, text_path)
 
 
-def parse_item_list(path):
-    """test_file/*_query.txt or *_gallery.txt -> [TestItem] in file order; a repeated pid is an error."""
+def parse_item_list(path, domain=None):
+    """test_file/*_query.txt or *_gallery.txt -> [TestItem] in file order; a repeated pid is an
+    error, and so is an item of another domain than `domain` (when given)."""
     items, seen = [], {}
     for lineno, line in iter_lines(path):
         item = parse_item_line(line, path, lineno)
+        if domain is not None and item.domain != domain:
+            raise AnnotationError(path, lineno, f"expected a {domain} item (every item of this list), got {item.domain}")
         if item.pid in seen:
             raise AnnotationError(path, lineno, f"expected unique pids, {item.pid} already on line {seen[item.pid]}")
         seen[item.pid] = lineno

@@ -22,12 +22,12 @@ logger = logging.getLogger(__name__)
 
 class EvalDataset:
     def __init__(self, paths, list_path, *, num_frames, image_size, text_max_len,
-                 frame_source="images", skip_unreadable=False):
+                 frame_source="images", skip_unreadable=False, domain=None):
         if frame_source not in ("images", "raw"):
             raise ValueError(f"data.frame_source must be images or raw, got {frame_source!r}")
         self.paths = paths
         self.list_path = list_path
-        self.items = parse_item_list(list_path)
+        self.items = parse_item_list(list_path, domain)
         self.tokenizer = Tokenizer()
         self.num_frames = num_frames
         self.image_size = image_size

@@ -48,6 +48,10 @@ def test_item_list_values_and_photo_synonym(tmp_path):
         TestItem(123456, "goods", "红色杯子", ["23456/123456.jpg"], "23456/123456.txt"),
         TestItem(7, "video", "", ["7/7_0.jpg", "7/7_1.jpg"], "7/7.txt"),
         TestItem(8, "video", "q", ["8/a.jpg"], "8/8.txt")]
+    with pytest.raises(AnnotationError, match="expected a video item .*, got goods") as err:
+        parse_item_list(path, domain="video")
+    assert (err.value.path, err.value.line) == (path, 1)
+    assert len(parse_item_list(write(tmp_path, "v.txt", "7\tphoto\t\t7/7_0.jpg\t7/7.txt\n"), domain="video")) == 1
 
 
 @pytest.mark.parametrize("bad_line, expected", [
@@ -104,7 +108,8 @@ def test_goods_text_that_is_not_utf8_names_the_file(tmp_path):
 def test_video_text_nulls(tmp_path):
     path = write(tmp_path, "v.txt", "null\n#开箱 红色杯子\n好用\n")
     assert read_video_text(path) == {"caption": None, "title": "#开箱 红色杯子", "text": "好用"}
-    assert read_video_text(write(tmp_path, "v2.txt", "a\nb\n")) == {"caption": None, "title": None, "text": None}
+    assert read_video_text(write(tmp_path, "v2.txt", "a\nb\n")) == {"caption": "a", "title": "b", "text": None}
+    assert read_video_text(write(tmp_path, "v4.txt", "a\nnull\nc\nd\n")) == {"caption": "a", "title": None, "text": "c"}
 
 
 def test_frame_ids(tmp_path):
