@@ -1,4 +1,5 @@
 """Builders of the training loader and the evaluation dataset from a config, and their collates."""
+import gc
 import random
 
 import numpy as np
@@ -62,17 +63,23 @@ def build_train_loader(cfg, rank, world_size):
         frame_source=data["frame_source"], seed=cfg["seed"], title_aug_prob=data["title_aug_prob"],
         video_text_keep_prob=data["video_text_keep_prob"])
     workers = data["num_workers"]
+    # The annotation objects live as long as the process: keeping the garbage collector off them
+    # stops it from touching (and so copying) their pages in every forked worker.
+    gc.freeze()
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate_train, num_workers=workers,
-        worker_init_fn=_SeedWorker(cfg["seed"] + rank), generator=torch.Generator().manual_seed(cfg["seed"] + rank),
+        worker_init_fn=_SeedWorker(cfg["seed"] + rank),
+        # its own generator for the workers' base seed, so starting an epoch leaves the global RNG alone
+        generator=torch.Generator().manual_seed(cfg["seed"] + rank),
         persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
     return loader, sampler
 
 
-def build_eval_dataset(cfg, list_path):
-    """The items of one test list (test_file/*_query.txt or *_gallery.txt), in file order."""
+def build_eval_dataset(cfg, list_path, domain=None):
+    """The items of one test list (test_file/*_query.txt or *_gallery.txt), in file order;
+    `domain` ("goods" or "video"), when given, is required of every item."""
     data = cfg["data"]
     return EvalDataset(
         DatasetPaths(data["root"], data["dataset"]), list_path, num_frames=data["num_frames"],
         image_size=data["image_size"], text_max_len=data["text_max_len"], frame_source=data["frame_source"],
-        skip_unreadable=data["skip_unreadable_eval"])
+        skip_unreadable=data["skip_unreadable_eval"], domain=domain)
