@@ -13,8 +13,11 @@ PY=.venv/bin/python
 CONFIG=configs/demo.yaml
 OUT=outputs/demo
 
-if [ ! -f data/mini/train_file/train.txt ]; then
-    $PY scripts/make_mini_dataset.py --out data/mini
+if [ ! -d data/mini ]; then
+    # written aside and moved into place, so an interrupted generation is never taken for a dataset
+    rm -rf data/mini.partial
+    $PY scripts/make_mini_dataset.py --out data/mini.partial
+    mv data/mini.partial data/mini
 fi
 $PY -m datasets.validate data/mini --max-items 200
 
