@@ -30,10 +30,19 @@ from utils.seed import get_rng_state, seed_data, seed_model_init, set_rng_state
 
 log = logging.getLogger("qcd")
 
+# allowed values of each enumerated setting; for a list setting, of each of its elements
 CHOICES = {
     ("dist_backend",): ("auto", "nccl", "gloo"),
+    ("data", "frame_source"): ("images", "raw"),
+    ("model", "backbone", "freeze"): ("visual", "text"),
+    ("model", "video", "pooling"): ("add", "mean", "lstm", "ftt"),
+    ("model", "fusion", "type"): ("add", "combiner", "fusion"),
+    ("loss", "negatives"): ("local", "global"),
     ("train", "optimizer"): ("adam", "adamw"),
     ("train", "amp"): ("bf16", "fp16", "none"),
+    ("eval", "feature"): ("fused", "visual", "text", "all"),
+    ("eval", "dtype"): ("float16", "float32"),
+    ("eval", "direction"): ("video2goods", "goods2video"),
 }
 
 
@@ -50,8 +59,14 @@ def validate_config(cfg):
         value = cfg
         for p in path:
             value = value[p]
-        if value not in allowed:
+        if isinstance(value, list):
+            if not set(value) <= set(allowed):
+                raise ConfigError(f"{'.'.join(path)}={value!r}: expected a list of any of {list(allowed)}")
+        elif value not in allowed:
             raise ConfigError(f"{'.'.join(path)}={value!r}: expected one of {list(allowed)}")
+    ratio = cfg["model"]["recon"]["vision_mask_ratio"]
+    if not 0 < ratio <= 1:
+        raise ConfigError(f"model.recon.vision_mask_ratio={ratio!r}: expected a value in (0, 1]")
     t = cfg["train"]
     for key in ("epochs", "batch_size", "save_every_steps", "keep_last", "log_every"):
         if t[key] is None or t[key] < 1:
@@ -64,8 +79,8 @@ def validate_config(cfg):
     for key in ("lr", "lr_visual", "lr_recon"):
         if not t[key] >= 0:
             raise ConfigError(f"train.{key}={t[key]!r}: expected a learning rate >= 0")
-    if t["grad_clip"] is not None and not t["grad_clip"] > 0:
-        raise ConfigError(f"train.grad_clip={t['grad_clip']!r}: expected null (off) or a norm > 0")
+    if not t["grad_clip"] >= 0:
+        raise ConfigError(f"train.grad_clip={t['grad_clip']!r}: expected 0 (off) or a norm > 0")
     if not cfg["output_dir"]:
         raise ConfigError("output_dir is empty: expected a folder for checkpoints and logs")
     if cfg["resume"] not in (None, "auto") and not os.path.isfile(cfg["resume"]):
@@ -409,8 +424,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        if not args.evaluate:
-            validate_config(cfg)
+        validate_config(cfg)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

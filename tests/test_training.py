@@ -211,6 +211,28 @@ def test_non_finite_loss_stops_naming_step_term_and_checkpoint(mini_root, tmp_pa
     assert ckpt.find_latest_valid(out)[1]["global_step"] == 2
 
 
+@pytest.mark.parametrize("override,key", [
+    ("model.video.pooling=gru", "model.video.pooling"),
+    ("model.fusion.type=concat", "model.fusion.type"),
+    ("loss.negatives=all", "loss.negatives"),
+    ("model.backbone.freeze=[visual, vision]", "model.backbone.freeze"),
+    ("model.recon.vision_mask_ratio=0", "model.recon.vision_mask_ratio"),
+    ("model.recon.vision_mask_ratio=1.5", "model.recon.vision_mask_ratio"),
+    ("data.frame_source=video", "data.frame_source"),
+    ("eval.feature=both", "eval.feature"),
+    ("eval.dtype=bfloat16", "eval.dtype"),
+    ("eval.direction=query2goods", "eval.direction"),
+    ("train.grad_clip=-1", "train.grad_clip=-1.0: expected 0 (off) or a norm > 0"),
+])
+@pytest.mark.parametrize("evaluate", [False, True])
+def test_bad_setting_stops_before_any_work(override, key, evaluate, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--config", DEMO] + (["--evaluate"] if evaluate else []) + [f"output_dir={out}", override]
+    assert entry.main(argv) == 2
+    assert key in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("env,expected", [
     ({}, (0, 0, 1, "single")),
     ({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, (5, 1, 8, "torchrun")),
