@@ -221,6 +221,25 @@ def train(cfg, build_model=None):
         cleanup()
 
 
+def _resolve_resume(resume, out_dir, rank, world_size):
+    """(path, state) as ckpt.resolve_resume, with resume=auto decided by rank 0 for all ranks: on
+    node-local or stale network views of output_dir, ranks could otherwise pick different files."""
+    if resume != "auto" or world_size == 1:
+        return ckpt.resolve_resume(resume, out_dir)
+    path, state = ckpt.find_latest_valid(out_dir) if rank == 0 else (None, None)
+    chosen = [path]
+    dist.broadcast_object_list(chosen, src=0)
+    if rank == 0 or chosen[0] is None:
+        return path, state
+    return ckpt.resolve_resume(chosen[0], out_dir)
+
+
+def load_scaler_state(scaler, state):
+    """A disabled GradScaler saves {}, which an enabled one refuses: then the scaler starts afresh."""
+    if state:
+        scaler.load_state_dict(state)
+
+
 def _train(cfg, build_model, build_loader, rank, world_size, device):
     t = cfg["train"]
     out_dir = cfg["output_dir"]
@@ -231,7 +250,7 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
 
     seed_model_init(cfg["seed"])
     model = build_model(cfg).to(device)
-    resume_path, state = ckpt.resolve_resume(cfg["resume"], out_dir)
+    resume_path, state = _resolve_resume(cfg["resume"], out_dir, rank, world_size)
     if resume_path is None and cfg["init_from"]:
         report = ckpt.load_model_weights(model, cfg["init_from"], strict=False)
         log.info("init_from %s: loaded %d tensors", cfg["init_from"], len(report["loaded"]))
@@ -261,7 +280,7 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        load_scaler_state(scaler, state["scaler"])
         scheduler.load_state_dict(state["scheduler"])
         epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         changes = config_changes(state["config"], cfg)
@@ -287,6 +306,13 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
         log.info("resumed from %s: epoch %d, step %d, global step %d", resume_path, epoch, step_in_epoch, global_step)
     elif cfg["resume"] == "auto":
         log.info("resume=auto: no checkpoint in %s, starting from scratch", out_dir)
+    barrier()  # every rank has read its checkpoint before rank 0 renames any
+    if main_proc:
+        superseded = ckpt.set_aside_later_checkpoints(out_dir, global_step)
+        if superseded:
+            log.warning("this run goes on from global step %d: %d step checkpoint(s) numbered above it renamed "
+                        "so that rotation and resume=auto ignore them: %s", global_step, len(superseded),
+                        ", ".join(superseded))
 
     model_ddp = model
     if world_size > 1:
@@ -306,12 +332,14 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
         epoch_s, step_s = (epoch_now + 1, 0) if step_now == epoch_lengths[epoch_now] else (epoch_now, step_now)
         rng = _gather_rng(world_size)  # every rank takes part; rank 0 writes
         if main_proc:
-            last_ckpt = ckpt.save_checkpoint({
+            ckpt.save_checkpoint({
                 "model": ckpt.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": epoch_s, "step_in_epoch": step_s, "global_step": global_step, "rng": rng, "config": cfg,
                 "world_size": world_size, "batch_size": t["batch_size"], "epoch_lengths": epoch_lengths,
             }, out_dir, t["keep_last"])
+        # on every rank, so that each one's messages (e.g. a non-finite loss) name the file
+        last_ckpt = ckpt.step_path(out_dir, global_step)
         last_saved_step = global_step
 
     model_ddp.train()

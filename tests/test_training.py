@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -179,6 +180,58 @@ def test_two_process_checkpoint_resumes_in_one_process(mini_root, tmp_path):
     moved = sum((resumed["model"][k] - saved["model"][k]).float().norm() for k in saved["model"])
     apart = sum((fresh[k] - saved["model"][k]).float().norm() for k in saved["model"])
     assert 0 < moved < 0.2 * apart
+
+
+def test_continuing_at_a_lower_global_step_sets_later_checkpoints_aside(mini_root, tmp_path):
+    """A larger global batch (here batch 4 -> 8; likewise more processes) renumbers the run downward:
+    the old checkpoints numbered above the new step must neither outlive the new ones nor be resumed."""
+    out = str(tmp_path)
+    run_inprocess(mini_root, out, f"train.max_steps={N}", "train.keep_last=2")
+    assert [s for s, _ in ckpt.step_checkpoints(out)] == [N - 2, N]
+    result = run_inprocess(mini_root, out, "train.batch_size=8", "train.keep_last=2", f"train.max_steps={N // 2 + 1}")
+    assert result["global_step"] == N // 2 + 1
+    path, state = ckpt.find_latest_valid(out)
+    assert path == result["checkpoint"] and (state["batch_size"], state["global_step"]) == (8, N // 2 + 1)
+    assert [s for s, _ in ckpt.step_checkpoints(out)] == [N // 2 + 1]
+    for step in (N - 2, N):
+        assert os.path.exists(ckpt.step_path(out, step) + ".superseded")
+
+
+def test_scaler_state_of_a_disabled_scaler_loads_into_an_enabled_one():
+    """A bf16 (or CPU) run saves a disabled GradScaler's empty state; an fp16 run may continue from it."""
+    enabled = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    entry.load_scaler_state(enabled, torch.amp.GradScaler("cpu", enabled=False).state_dict())
+    assert enabled.get_scale() == 1024.0
+    entry.load_scaler_state(enabled, torch.amp.GradScaler("cpu", init_scale=8.0).state_dict())
+    assert enabled.get_scale() == 8.0
+
+
+def test_ranks_resume_from_the_checkpoint_rank_0_chose(tmp_path):
+    """resume=auto with 2 processes whose views of output_dir differ (node-local or stale folders):
+    both load the file rank 0 found."""
+    views = [tmp_path / "rank0", tmp_path / "rank1"]
+    for view, steps in zip(views, ([2, 4], [2])):
+        for step in steps:
+            ckpt.save_checkpoint({"model": {}, "optimizer": {}, "scaler": {}, "scheduler": {}, "epoch": 0,
+                                  "step_in_epoch": step, "global_step": step, "rng": [], "config": {},
+                                  "world_size": 2, "batch_size": 2, "epoch_lengths": [10]}, str(view), keep_last=5)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {REPO!r})
+        import torch.distributed as dist
+        import main_cross_domain_emb as entry
+        rank = int(sys.argv[1])
+        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{_free_port()}", rank=rank, world_size=2)
+        path, state = entry._resolve_resume("auto", [{str(views[0])!r}, {str(views[1])!r}][rank], rank, 2)
+        print(path, state["global_step"])
+        dist.destroy_process_group()
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for rank in (0, 1)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (stdout, stderr) in zip(procs, results):
+        assert p.returncode == 0, stderr[-2000:]
+        assert stdout.split() == [ckpt.step_path(str(views[0]), 4), "4"]
 
 
 def test_non_finite_loss_stops_naming_step_term_and_checkpoint(mini_root, tmp_path):

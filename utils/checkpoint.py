@@ -83,6 +83,24 @@ def save_checkpoint(state, output_dir, keep_last):
     return path
 
 
+def set_aside_later_checkpoints(output_dir, global_step):
+    """Rename the step checkpoints numbered above `global_step` to `<name>.superseded`; returns the new names.
+
+    A run starting at `global_step` (resumed from an older checkpoint, or renumbered because it
+    continues with more processes or a larger batch) would otherwise leave them ahead of its own
+    checkpoints: rotation would delete the new files first and resume=auto would go back to them.
+    """
+    moved = []
+    for step, path in step_checkpoints(output_dir):
+        if step > global_step:
+            dst, n = path + ".superseded", 1
+            while os.path.exists(dst):
+                dst, n = f"{path}.superseded{n}", n + 1
+            os.replace(path, dst)
+            moved.append(dst)
+    return moved
+
+
 def load_checkpoint(path):
     """Load a checkpoint on the CPU (tensors and plain Python values only)."""
     return torch.load(path, map_location="cpu", weights_only=True)
