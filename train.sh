@@ -7,6 +7,12 @@ set -e
 ROOT="$(cd "$(dirname "$0")" && pwd)"
 CONFIG="${1:-configs/qcd_real400k.yaml}"
 [ $# -gt 0 ] && shift
+# the script runs from $ROOT: a config path relative to the caller's directory must be made absolute
+# (one that does not exist there is taken relative to $ROOT)
+case "$CONFIG" in
+    /*) ;;
+    *) if [ -e "$CONFIG" ]; then CONFIG="$(pwd)/$CONFIG"; fi ;;
+esac
 
 if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
 

@@ -12,8 +12,18 @@ if [ -z "$SLURM_JOB_ID" ]; then
 fi
 # sbatch runs a copy of this script from the spool directory: find the repository from the submit directory
 ROOT="${QCD_ROOT:-${SLURM_SUBMIT_DIR:-$(cd "$(dirname "$0")/.." && pwd)}}"
+if [ ! -f "$ROOT/main_cross_domain_emb.py" ]; then
+    echo "scripts/slurm_train.sh: $ROOT/main_cross_domain_emb.py not found: submit from the repository root, or" \
+         "set QCD_ROOT to the repository (export QCD_ROOT=/path/to/repo before sbatch, or sbatch --export=ALL,QCD_ROOT=/path/to/repo)" >&2
+    exit 1
+fi
 CONFIG="${1:-configs/qcd_real400k.yaml}"
 [ $# -gt 0 ] && shift
+# as in train.sh: a config path relative to the submit directory must survive `cd "$ROOT"`
+case "$CONFIG" in
+    /*) ;;
+    *) if [ -e "$CONFIG" ]; then CONFIG="$(pwd)/$CONFIG"; fi ;;
+esac
 
 if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
 NNODES="${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}"

@@ -300,6 +300,23 @@ def test_rank_detection(env, expected):
     assert _ranks_from_env(env) == expected
 
 
+def test_train_sh_takes_a_config_path_relative_to_the_callers_directory(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "my.yaml").write_text(f"_base_: {DEMO}\n")
+    # a bad setting stops the run right after the config is read
+    proc = subprocess.run(["sh", os.path.join(REPO, "train.sh"), "sub/my.yaml", "model.video.pooling=gru",
+                           f"output_dir={tmp_path / 'out'}"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, NPROC_PER_NODE="1", MASTER_PORT=str(_free_port())))
+    assert "config error: model.video.pooling='gru'" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_slurm_script_says_how_to_find_the_repository(tmp_path):
+    proc = subprocess.run(["sh", os.path.join(REPO, "scripts", "slurm_train.sh")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, SLURM_JOB_ID="1", QCD_ROOT=str(tmp_path)))
+    assert proc.returncode == 1
+    assert f"{tmp_path}/main_cross_domain_emb.py not found" in proc.stderr and "QCD_ROOT=" in proc.stderr
+
+
 def test_backend_choice_and_single_process_init():
     from utils.distributed import init_distributed, is_dist, pick_backend
 

@@ -34,13 +34,16 @@ def init_distributed(cfg, env=None):
     env = os.environ if env is None else env
     rank, local_rank, world_size, source = _ranks_from_env(env)
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    # plain srun may bind each task to its own GPU(s), so SLURM_LOCALID can exceed the visible devices
+    gpu = local_rank % torch.cuda.device_count() if cuda and source == "slurm" else local_rank
+    device = torch.device("cuda", gpu) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
     if world_size > 1:
         if source == "slurm" and ("MASTER_ADDR" not in env or "MASTER_PORT" not in env):
-            raise RuntimeError("SLURM launch without torchrun: export MASTER_ADDR and MASTER_PORT "
-                               "(scripts/slurm_train.sh does this)")
+            raise RuntimeError("SLURM launch without torchrun: export MASTER_ADDR and MASTER_PORT before srun "
+                               "(the first node of the job and a free port), or launch with scripts/slurm_train.sh, "
+                               "which starts torchrun on each node")
         backend = pick_backend(cfg.get("dist_backend", "auto"), cuda)
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(minutes=60),
