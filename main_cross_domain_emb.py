@@ -104,11 +104,8 @@ def lr_factor(step, warmup_steps, total_steps):
 def build_optimizer(cfg, model):
     """Adam/AdamW over the model's named parameter groups (visual / recon / other), each with its own lr."""
     t = cfg["train"]
-    groups = model.param_groups(cfg)
-    for g in groups:
-        g.setdefault("weight_decay", t["weight_decay"])
     cls = torch.optim.AdamW if t["optimizer"] == "adamw" else torch.optim.Adam
-    return cls(groups, lr=t["lr"], weight_decay=t["weight_decay"])
+    return cls(model.param_groups(cfg), lr=t["lr"], weight_decay=t["weight_decay"])
 
 
 def build_scheduler(optimizer, cfg, total_steps):

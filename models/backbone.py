@@ -17,6 +17,8 @@ from torch.utils.checkpoint import checkpoint
 import cn_clip.clip
 from cn_clip.clip.model import CLIP, resize_pos_embed
 
+from utils.checkpoint import strip_module_prefix
+
 CN_CLIP_CONFIG_DIR = os.path.join(os.path.dirname(cn_clip.clip.__file__), "model_configs")
 CHECKPOINT_HELP = (
     "download the Chinese-CLIP release checkpoint for ViT-B-16 (clip_cn_vit-b-16.pt, linked from the "
@@ -63,7 +65,7 @@ def read_checkpoint_state_dict(path):
         ckpt = ckpt["state_dict"]
     if not isinstance(ckpt, dict) or not all(torch.is_tensor(v) for v in ckpt.values()):
         raise ValueError(f"{path}: expected a cn_clip checkpoint ({{'state_dict': {{name: tensor}}}} or a bare state dict)")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt.items()}
+    return strip_module_prefix(ckpt)
 
 
 class CNClipBackbone(nn.Module):

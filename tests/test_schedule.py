@@ -1,9 +1,13 @@
 """Learning-rate schedule and parameter groups follow the config."""
+import os
+
 import pytest
 import torch
 
 from main_cross_domain_emb import build_optimizer, build_scheduler, lr_factor, set_schedule_step
 from utils.config import load_config
+
+BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "base.yaml")
 
 
 @pytest.mark.parametrize("step,expected", [
@@ -37,7 +41,7 @@ class ThreeParts(torch.nn.Module):
 
 @pytest.mark.parametrize("optimizer,cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
 def test_groups_and_schedule_follow_config(optimizer, cls):
-    cfg = load_config("configs/base.yaml", [f"train.optimizer={optimizer}", "train.lr=2e-3", "train.lr_visual=3e-4",
+    cfg = load_config(BASE, [f"train.optimizer={optimizer}", "train.lr=2e-3", "train.lr_visual=3e-4",
                                             "train.lr_recon=5e-4", "train.warmup_steps=2", "train.weight_decay=0.1"])
     model = ThreeParts()
     opt = build_optimizer(cfg, model)
@@ -55,7 +59,7 @@ def test_groups_and_schedule_follow_config(optimizer, cls):
 
 def test_schedule_is_a_function_of_the_step_only():
     """A scheduler rebuilt and put at step k gives the lrs of the uninterrupted one from then on."""
-    cfg = load_config("configs/base.yaml", ["train.warmup_steps=3"])
+    cfg = load_config(BASE, ["train.warmup_steps=3"])
     opt_a = build_optimizer(cfg, ThreeParts())
     sched_a = build_scheduler(opt_a, cfg, total_steps=10)
     for _ in range(5):

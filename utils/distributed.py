@@ -55,10 +55,6 @@ def is_dist():
     return dist.is_available() and dist.is_initialized()
 
 
-def is_main():
-    return not is_dist() or dist.get_rank() == 0
-
-
 def barrier():
     if is_dist():
         dist.barrier()
