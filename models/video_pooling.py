@@ -5,8 +5,10 @@ from models.ftt import FrameTemporalTransformer
 
 
 class SumPooling(nn.Module):
-    """'add': the frame features added up, no temporal model. Differs from 'mean' only in scale,
-    which matters where v_cls is used unnormalised (the text reconstruction's keys/values)."""
+    """'add': the frame features added up, no temporal model (the paper's "Add" row, which it does
+    not define further). It is T x 'mean': every loss and retrieval feature L2-normalises v_cls, so
+    the two are equivalent except where v_cls enters unnormalised, as the keys/values of the text
+    reconstruction's cross-attention."""
 
     def forward(self, h):
         return h.sum(dim=1)
