@@ -440,7 +440,7 @@ def evaluate(cfg):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="YAML experiment config (see configs/)")
-    p.add_argument("--evaluate", action="store_true", help="extract features and compute recall instead of training")
+    p.add_argument("--evaluate", action="store_true", help="extract the query and gallery features of eval.direction instead of training (evaluation.py scores them)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     return p.parse_args(argv)
 
