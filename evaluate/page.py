@@ -45,15 +45,10 @@ def thumbnail(path):
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _spread(frames, n):
-    if len(frames) <= n:
-        return list(frames)
-    return [frames[int((2 * i + 1) * len(frames) / (2 * n))] for i in range(n)]
-
-
 def dataset_items(paths, list_path):
     """describe(pid) -> {"title", "images"} for the items of a query or gallery list (texts read on demand)."""
     from datasets.annotations import parse_item_list, read_goods_text, read_video_text
+    from datasets.frames import segment_indices
 
     items = {item.pid: item for item in parse_item_list(list_path)}
 
@@ -68,7 +63,8 @@ def dataset_items(paths, list_path):
                 title = text["title"] or text["caption"] or text["text"] or ""
         except OSError:
             title = "(text file missing)"
-        images = [os.path.join(paths.images_dir(item.domain), f) for f in _spread(item.frames, VIDEO_FRAMES)]
+        shown = dict.fromkeys(segment_indices(len(item.frames), VIDEO_FRAMES))  # segment centres, each once
+        images = [os.path.join(paths.images_dir(item.domain), item.frames[i]) for i in shown]
         return {"title": title, "images": images}
 
     return describe
