@@ -14,7 +14,10 @@ case "$CONFIG" in
     *) if [ -e "$CONFIG" ]; then CONFIG="$(pwd)/$CONFIG"; fi ;;
 esac
 
-if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
+# $PYTHON (e.g. a conda env's python) wins over the repository's .venv, which wins over python on PATH
+if [ -z "$PYTHON" ]; then
+    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
+fi
 
 if [ -z "$NPROC_PER_NODE" ]; then
     NGPU=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")

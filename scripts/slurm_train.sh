@@ -25,7 +25,10 @@ case "$CONFIG" in
     *) if [ -e "$CONFIG" ]; then CONFIG="$(pwd)/$CONFIG"; fi ;;
 esac
 
-if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
+# $PYTHON (e.g. a conda env's python) wins over the repository's .venv, which wins over python on PATH
+if [ -z "$PYTHON" ]; then
+    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
+fi
 NNODES="${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}"
 # GPUs per node: SLURM_GPUS_ON_NODE when --gres/--gpus-per-node was given, else what torch sees
 NPROC_PER_NODE="${NPROC_PER_NODE:-${SLURM_GPUS_ON_NODE:-$("$PYTHON" -c "import torch; print(torch.cuda.device_count() or 1)")}}"

@@ -7,9 +7,45 @@ SLURM_LOCALID and MASTER_ADDR / MASTER_PORT must be exported by the batch script
 """
 import datetime
 import os
+import re
 
 import torch
 import torch.distributed as dist
+
+CLUSTER_ENV_HINT = "conda env create -f environment.yml (pins in requirements-cluster.txt)"
+
+
+class UnsupportedGPU(RuntimeError):
+    """The installed torch has no kernels for this GPU."""
+
+
+def gpu_arch_error(capability, arch_list, torch_version):
+    """Why a torch built for `arch_list` (e.g. ['sm_75', 'sm_80', 'compute_90']) cannot run on a GPU of
+    compute capability (major, minor), in one line; None when it can. A cubin for sm_XY runs on GPUs of
+    the same major version and a minor >= Y; PTX (compute_XY) is compiled on the fly for any GPU >= XY."""
+    major, minor = capability
+    sm = 10 * major + minor
+    for kind, num in re.findall(r"(sm|compute)_(\d+)", " ".join(arch_list)):
+        num = int(num)
+        if (kind == "sm" and num // 10 == major and num <= sm) or (kind == "compute" and num <= sm):
+            return None
+    return (f"this GPU is sm_{sm} but torch {torch_version} has kernels only for {' '.join(arch_list) or 'no GPU'}: "
+            f"install the cluster environment: {CLUSTER_ENV_HINT}")
+
+
+def amp_error(amp, capability, gpu_name):
+    """Why `train.amp` cannot be used on a GPU of compute capability (major, minor), or None (bf16 needs sm_80+)."""
+    if amp == "bf16" and capability[0] < 8:
+        return (f"train.amp=bf16: {gpu_name} (sm_{capability[0]}{capability[1]}) has no bfloat16 support; "
+                "use train.amp=fp16 (loss scaling with a GradScaler), as on the paper's V100s")
+    return None
+
+
+def check_gpu(device):
+    """Stop with one line when the installed torch has no kernels for `device`."""
+    error = gpu_arch_error(torch.cuda.get_device_capability(device), torch.cuda.get_arch_list(), torch.__version__)
+    if error:
+        raise UnsupportedGPU(error)
 
 
 def _ranks_from_env(env):
@@ -38,6 +74,7 @@ def init_distributed(cfg, env=None):
     gpu = local_rank % torch.cuda.device_count() if cuda and source == "slurm" else local_rank
     device = torch.device("cuda", gpu) if cuda else torch.device("cpu")
     if cuda:
+        check_gpu(device)
         torch.cuda.set_device(device)
     if world_size > 1:
         if source == "slurm" and ("MASTER_ADDR" not in env or "MASTER_PORT" not in env):
