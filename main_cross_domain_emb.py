@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 from utils import checkpoint as ckpt
 from utils.config import ConfigError, load_config, save_config
-from utils.distributed import barrier, cleanup, init_distributed
+from utils.distributed import UnsupportedGPU, amp_error, barrier, cleanup, init_distributed
 from utils.logging import Meter, MetricsLog, setup_logger
+from utils.schedule import WARMUP_WARN_SHARE, LinearWarmupDecay
 from utils.seed import get_rng_state, seed_data, seed_model_init, set_rng_state
 
 log = logging.getLogger("qcd")
@@ -74,8 +75,8 @@ def validate_config(cfg):
     for key in ("max_steps", "threads"):
         if t[key] is not None and t[key] < 1:
             raise ConfigError(f"train.{key}={t[key]!r}: expected null or an integer >= 1")
-    if t["warmup_steps"] < 0:
-        raise ConfigError(f"train.warmup_steps={t['warmup_steps']!r}: expected an integer >= 0")
+    if not 0 <= t["warmup_ratio"] < 1:
+        raise ConfigError(f"train.warmup_ratio={t['warmup_ratio']!r}: expected a share of the run in [0, 1)")
     for key in ("lr", "lr_visual", "lr_recon"):
         if not t[key] >= 0:
             raise ConfigError(f"train.{key}={t[key]!r}: expected a learning rate >= 0")
@@ -92,33 +93,11 @@ def validate_config(cfg):
 # ----------------------------------------------------------------------------- optimisation
 
 
-def lr_factor(step, warmup_steps, total_steps):
-    """Multiplier of the base lr for the optimizer step `step` (0-based): linear warm-up, then linear decay to 0."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if total_steps <= warmup_steps:
-        return 1.0
-    return max(0.0, (total_steps - step) / (total_steps - warmup_steps))
-
-
 def build_optimizer(cfg, model):
     """Adam/AdamW over the model's named parameter groups (visual / recon / other), each with its own lr."""
     t = cfg["train"]
     cls = torch.optim.AdamW if t["optimizer"] == "adamw" else torch.optim.Adam
     return cls(model.param_groups(cfg), lr=t["lr"], weight_decay=t["weight_decay"])
-
-
-def build_scheduler(optimizer, cfg, total_steps):
-    warmup = cfg["train"]["warmup_steps"]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total_steps))
-
-
-def set_schedule_step(optimizer, scheduler, global_step, warmup_steps, total_steps):
-    """Put the scheduler at `global_step`: the lr of each group is base lr x lr_factor(global_step)."""
-    scheduler.last_epoch = global_step
-    for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
-        g["lr"] = base * lr_factor(global_step, warmup_steps, total_steps)
-    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
 def _flatten(cfg, prefix=""):
@@ -183,7 +162,7 @@ def _gather_rng(world_size):
     return states
 
 
-def _startup_report(cfg, world_size, epoch_lengths, total_steps, optimizer, device):
+def _startup_report(cfg, world_size, epoch_lengths, scheduler, optimizer, device):
     t = cfg["train"]
     global_batch = t["batch_size"] * world_size
     negatives = (global_batch if cfg["loss"]["negatives"] == "global" else t["batch_size"]) - 1
@@ -191,12 +170,16 @@ def _startup_report(cfg, world_size, epoch_lengths, total_steps, optimizer, devi
              t["amp"] if device.type == "cuda" else "none (CPU)", torch.get_num_threads())
     log.info("batch per process %d, global batch %d, negatives per query %d (loss.negatives=%s)",
              t["batch_size"], global_batch, negatives, cfg["loss"]["negatives"])
-    log.info("steps per epoch %d-%d, epochs %d, total steps %d, warm-up %d%s", min(epoch_lengths), max(epoch_lengths),
-             t["epochs"], total_steps,
-             t["warmup_steps"], f", stopping at step {t['max_steps']}" if t["max_steps"] else "")
-    for i, g in enumerate(optimizer.param_groups):
+    total, warmup = scheduler.total_steps, scheduler.warmup_steps
+    log.info("steps per epoch %d-%d, epochs %d, total steps %d, warm-up %d steps (train.warmup_ratio=%g), then "
+             "linear decay to 0%s", min(epoch_lengths), max(epoch_lengths), t["epochs"], total, warmup,
+             t["warmup_ratio"], f"; stopping at step {t['max_steps']}" if t["max_steps"] else "")
+    if warmup > WARMUP_WARN_SHARE * total:
+        log.warning("warm-up covers %d of the run's %d steps (more than a third): the lr decays over only %d steps",
+                    warmup, total, total - warmup)
+    for i, (g, base) in enumerate(zip(optimizer.param_groups, scheduler.base_lrs)):
         n = sum(p.numel() for p in g["params"])
-        log.info("param group %-6s base lr %.3g, %d tensors, %.2fM parameters", _group_name(g, i), g["initial_lr"],
+        log.info("param group %-6s base lr %.3g, %d tensors, %.2fM parameters", _group_name(g, i), base,
                  len(g["params"]), n / 1e6)
 
 
@@ -212,6 +195,11 @@ def train(cfg, build_model=None):
     if t["threads"]:
         torch.set_num_threads(t["threads"])
     rank, local_rank, world_size, device = init_distributed(cfg)
+    if device.type == "cuda":
+        problem = amp_error(t["amp"], torch.cuda.get_device_capability(device), torch.cuda.get_device_name(device))
+        if problem:
+            cleanup()
+            raise ConfigError(problem)
     try:
         return _train(cfg, build_model, build_train_loader, rank, world_size, device)
     finally:
@@ -268,7 +256,7 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
     total_steps = sum(epoch_lengths)
 
     optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    scheduler = LinearWarmupDecay.for_optimizer(optimizer, t["warmup_ratio"], total_steps)
     cuda = device.type == "cuda"
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t["amp"]) if cuda else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -278,7 +266,7 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         load_scaler_state(scaler, state["scaler"])
-        scheduler.load_state_dict(state["scheduler"])
+        scheduler.load_base_lrs(state["scheduler"])
         epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         changes = config_changes(state["config"], cfg)
         if changes:
@@ -295,7 +283,6 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
                         "step %d of epoch %d (global step %d); the data order differs from the original run",
                         old[:epoch + 1], state["world_size"], state["batch_size"], epoch_lengths[:epoch + 1],
                         step_in_epoch, epoch, global_step)
-        set_schedule_step(optimizer, scheduler, global_step, t["warmup_steps"], total_steps)
         if len(state["rng"]) == world_size:
             rng_states = state["rng"][rank]
         else:
@@ -315,7 +302,7 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
     if world_size > 1:
         model_ddp = DistributedDataParallel(model, device_ids=[device.index] if cuda else None,
                                             find_unused_parameters=t["find_unused_parameters"])
-    _startup_report(cfg, world_size, epoch_lengths, total_steps, optimizer, device)
+    _startup_report(cfg, world_size, epoch_lengths, scheduler, optimizer, device)
 
     metrics = MetricsLog(out_dir, main_proc)
     last_ckpt = resume_path
@@ -372,10 +359,10 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
                 if t["grad_clip"]:
                     scaler.unscale_(optimizer)
                     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"]).item()
-                lrs = {f"lr/{_group_name(g, i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
+                step_lrs = scheduler.apply(optimizer, global_step)
+                lrs = {f"lr/{_group_name(g, i)}": lr for i, (g, lr) in enumerate(zip(optimizer.param_groups, step_lrs))}
                 scaler.step(optimizer)
                 scaler.update()
-                scheduler.step()
                 global_step += 1
                 step_in_epoch += 1
                 window_steps += 1
@@ -453,10 +440,16 @@ def main(argv=None):
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    if args.evaluate:
-        return evaluate(cfg)
     try:
+        if args.evaluate:
+            return evaluate(cfg)
         train(cfg)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except UnsupportedGPU as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except NonFiniteLoss as e:
         log.error("%s", e)
         return 1

@@ -5,6 +5,8 @@ while writing its checkpoint of step N then resumed all end with identical param
 identical losses. A checkpoint of a 2-process run resumes in 1 process. The lr of each group
 follows the config's schedule. A non-finite loss stops the run naming the step and the term.
 """
+import glob
+import math
 import os
 import socket
 import subprocess
@@ -19,6 +21,7 @@ import main_cross_domain_emb as entry
 from utils import checkpoint as ckpt
 from utils.config import load_config
 from utils.logging import read_metrics
+from utils.schedule import lr_factor
 from utils.seed import seed_model_init
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +31,7 @@ N = 6  # the mini dataset gives 9-10 batches of 4 per epoch: step N is mid-epoch
 
 def overrides(mini_root, out, *extra):
     return [f"data.root={mini_root}", f"output_dir={out}", "resume=auto", "train.batch_size=4", "train.epochs=3",
-            "train.warmup_steps=3", "train.save_every_steps=2", "train.log_every=1", "train.keep_last=10",
+            "train.warmup_ratio=0.1", "train.save_every_steps=2", "train.log_every=1", "train.keep_last=10",
             "train.threads=1", "data.num_workers=0", *extra]
 
 
@@ -104,9 +107,11 @@ def test_lr_of_each_group_follows_the_schedule(straight, mini_root):
     cfg = final_state(straight)["config"]
     t = cfg["train"]
     total = sum(epoch_lengths(mini_root, 1))
+    warmup = math.ceil(t["warmup_ratio"] * total)
+    assert warmup == 3
     metrics = read_metrics(os.path.join(straight, "metrics.jsonl"))
     for step, rec in metrics.items():
-        f = entry.lr_factor(step - 1, t["warmup_steps"], total)
+        f = lr_factor(step - 1, warmup, total)
         assert rec["lr/visual"] == pytest.approx(t["lr_visual"] * f)
         assert rec["lr/recon"] == pytest.approx(t["lr_recon"] * f)
         assert rec["lr/other"] == pytest.approx(t["lr"] * f)
@@ -133,6 +138,31 @@ def test_stop_and_resume_is_exact(straight, mini_root, tmp_path):
     straight_opt = final_state(straight)["optimizer"]["state"]
     for k, v in final_state(out)["optimizer"]["state"].items():
         assert torch.equal(v["exp_avg"], straight_opt[k]["exp_avg"])
+
+
+def test_checkpoint_with_a_lambdalr_schedule_resumes_exactly(straight, mini_root, tmp_path):
+    """Checkpoints of earlier releases hold a LambdaLR state and a config with train.warmup_steps."""
+    out = str(tmp_path)
+    run_inprocess(mini_root, out, f"train.max_steps={N}")
+    path = os.path.join(out, ckpt.LATEST)
+    state = ckpt.load_checkpoint(path)
+    base_lrs = state["scheduler"]["base_lrs"]
+    groups = [{"params": [torch.zeros(1, requires_grad=True)], "lr": lr} for lr in base_lrs]
+    old_opt = torch.optim.Adam(groups)
+    old_sched = torch.optim.lr_scheduler.LambdaLR(old_opt, lambda step: 1.0)
+    for _ in range(N):
+        old_opt.step()
+        old_sched.step()
+    state["scheduler"] = old_sched.state_dict()
+    for group, lr in zip(state["optimizer"]["param_groups"], base_lrs):
+        group["initial_lr"] = lr
+    del state["config"]["train"]["warmup_ratio"]
+    state["config"]["train"]["warmup_steps"] = 3
+    for p in glob.glob(os.path.join(out, "checkpoint_*.pth.tar")):
+        os.remove(p)
+    torch.save(state, ckpt.step_path(out, N))
+    assert run_inprocess(mini_root, out, f"train.max_steps={2 * N}")["global_step"] == 2 * N
+    assert_matches_straight(straight, out, N + 1)
 
 
 def test_killed_while_writing_a_checkpoint_then_resumed_is_exact(straight, mini_root, tmp_path):
