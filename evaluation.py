@@ -103,9 +103,9 @@ def search_and_score(query_feats, query_ids, gallery_feats, gallery_ids, gt_path
     q, qids = load_features(query_feats, query_ids)
     g, gids = load_features(gallery_feats, gallery_ids)
     scores, rows = search(q, g, max(topk))
-    metrics = recall_at_k(qids, rows, gids, parse_gt(gt_path), topk)
+    metrics = recall_at_k(qids, rows, gids, parse_gt(gt_path), topk, gt_source=gt_path)
     results = {"direction": direction, "feature": feature, "checkpoint": checkpoint, **metrics,
-               "num_queries": len(qids), "num_gallery": len(gids)}
+               "num_gallery": len(gids)}
     out = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(out, exist_ok=True)
     np.savez(os.path.join(out, "ranking.npz"), query_ids=np.asarray(qids, dtype=np.int64),
@@ -117,12 +117,12 @@ def search_and_score(query_feats, query_ids, gallery_feats, gallery_ids, gt_path
 
 def summary(results):
     ks = list(results["recall"])
-    left = {k: len(v) for k, v in results["left_out"].items() if v}
     return (f"{results['direction']} {results['feature']}: " +
             "  ".join(f"R@{k} {results['recall'][k]:.2f}" for k in ks) + "  | hit rate " +
             "  ".join(f"@{k} {results['hit_rate'][k]:.2f}" for k in ks) +
-            f"  | {results['num_evaluated']} of {results['num_queries']} queries scored, gallery {results['num_gallery']}" +
-            (f", left out {left}" if left else ""))
+            f"  | {results['num_queries']} queries, gallery {results['num_gallery']}" +
+            (f", {len(results['no_relevant_in_gallery'])} queries with no relevant item in the gallery (scored 0)"
+             if results["no_relevant_in_gallery"] else ""))
 
 
 def search_direction(cfg):

@@ -1,5 +1,6 @@
 """R@K and hit rate on hand-built features whose every value is worked out by hand."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -30,10 +31,10 @@ GALLERY = {
     107: unit(e2=1.0),             # C 1.0
     108: unit(e7=1.0),
 }
-QUERIES = {1: unit(e0=1.0), 2: unit(e1=1.0), 3: unit(e2=1.0), 4: unit(e3=1.0), 5: unit(e4=1.0)}
+QUERIES = {1: unit(e0=1.0), 2: unit(e1=1.0), 3: unit(e2=1.0), 4: unit(e3=1.0)}
 # Query 1 (A): relevant 102 (rank 3, after its tie) and 103 (rank 4); 999 is not in the gallery.
 # Query 2 (B): relevant 104 (rank 1) and 106 (last). Query 3 (C): 107 at rank 1, written as paths.
-# Query 4: its only relevant item is absent -> left out. Query 5: no gt line. Query 6: gt but no features.
+# Query 4: its only relevant item is absent -> scores 0 and counts. Query 6: gt but not in the query list.
 GT_LINES = [
     "1\t102,103,999",
     "2\t106,104",
@@ -43,9 +44,9 @@ GT_LINES = [
 ]
 KS = [1, 2, 3, 5]
 # Per-query recall at K=1,2,3,5 (|relevant| counts 999 too, as the authors' code does):
-# A 0,0,1/3,2/3  B 1/2,1/2,1/2,1/2  C 1,1,1,1 -> mean over 3 queries.
-EXPECTED_RECALL = {"1": 50.0, "2": 50.0, "3": 1100 / 18, "5": 1300 / 18}
-EXPECTED_HIT = {"1": 200 / 3, "2": 200 / 3, "3": 100.0, "5": 100.0}
+# A 0,0,1/3,2/3  B 1/2,1/2,1/2,1/2  C 1,1,1,1  D 0,0,0,0 -> mean over all 4 queries of the list.
+EXPECTED_RECALL = {"1": 37.5, "2": 37.5, "3": 1100 / 24, "5": 1300 / 24}
+EXPECTED_HIT = {"1": 50.0, "2": 50.0, "3": 75.0, "5": 75.0}
 
 
 def test_recall_on_hand_built_features(tmp_path):
@@ -62,8 +63,8 @@ def test_recall_on_hand_built_features(tmp_path):
     # --topk 5 reports R@5 only (10, 20, 50, 100 are above it); the K=1,2,3 values come from recall_at_k below
     assert list(res["recall"]) == ["5"]
     assert res["recall"]["5"] == pytest.approx(EXPECTED_RECALL["5"])
-    assert res["num_evaluated"] == 3 and res["num_queries"] == 5 and res["num_gallery"] == 9
-    assert res["left_out"] == {"no_ground_truth": [5], "no_relevant_in_gallery": [4], "no_query_features": [6]}
+    assert res["num_queries"] == 4 and res["num_gallery"] == 9
+    assert res["no_relevant_in_gallery"] == [4] and res["gt_queries_not_in_list"] == [6]
     assert res["relevant_absent_from_gallery"] == 2  # 999 and 555
     ranking = np.load(out.parent / "ranking.npz")
     assert ranking["gallery_ids"][0, :4].tolist() == [100, 101, 102, 103]
@@ -87,8 +88,32 @@ def test_recall_counts_each_relevant_item_once_and_caps_k_at_the_gallery():
     assert m["hit_rate"] == pytest.approx({"1": 100.0, "2": 100.0, "10": 100.0})
 
 
+def test_query_without_relevant_item_in_gallery_scores_zero_and_stays_in_the_mean():
+    ranked = np.array([[0, 1], [1, 0]])
+    alone = recall_at_k([7], ranked[:1], [10, 20], {7: [10]}, [1])
+    both = recall_at_k([7, 8], ranked, [10, 20], {7: [10], 8: [99]}, [1])
+    assert alone["recall"]["1"] == 100.0
+    assert both["recall"]["1"] == 50.0 and both["hit_rate"]["1"] == 50.0  # (1 + 0) / 2
+    assert both["num_queries"] == 2 and both["no_relevant_in_gallery"] == [8]
+
+
+def test_query_without_ground_truth_line_is_an_error_naming_the_file(tmp_path):
+    with pytest.raises(ValueError, match=r"gt\.txt: no ground-truth line for 1 of the 2 queries .*\[8\]"):
+        recall_at_k([7, 8], np.array([[0], [0]]), [10], {7: [10]}, [1], gt_source="data/test_file/gt.txt")
+    for name, items in (("q", {7: unit(e0=1.0), 8: unit(e1=1.0)}), ("g", {10: unit(e0=1.0)})):
+        save_features(str(tmp_path / f"{name}.npy"), str(tmp_path / f"{name}.txt"),
+                      np.stack(list(items.values())), list(items), "float32")
+    (tmp_path / "gt.txt").write_text("7\t10\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "gt.txt"))):
+        evaluation.main(["search", "--query-feats", str(tmp_path / "q.npy"), "--query-ids", str(tmp_path / "q.txt"),
+                         "--gallery-feats", str(tmp_path / "g.npy"), "--gallery-ids", str(tmp_path / "g.txt"),
+                         "--gt", str(tmp_path / "gt.txt"), "--out", str(tmp_path / "r.json"), "--topk", "1"])
+
+
 def test_recall_errors():
     with pytest.raises(ValueError, match="top 3"):
         recall_at_k([7], np.array([[0, 1]]), [10, 20, 30, 40], {7: [10]}, [3])
-    with pytest.raises(ValueError, match="nothing to evaluate"):
+    with pytest.raises(ValueError, match="no query has a relevant item in the gallery"):
         recall_at_k([7], np.array([[0]]), [10], {7: [99]}, [1])
+    with pytest.raises(ValueError, match="empty query list"):
+        recall_at_k([], np.zeros((0, 1), dtype=int), [10], {7: [10]}, [1])
