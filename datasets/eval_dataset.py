@@ -12,7 +12,7 @@ import torch
 
 from datasets.annotations import AnnotationError, parse_item_list, read_goods_text, read_video_text
 from datasets.counters import SharedCounters
-from datasets.frames import UnreadableImage, decode_video, load_image, segment_indices, stack_frames
+from datasets.frames import UnreadableImage, decode_video, load_image, segment_indices
 from datasets.text import goods_title, video_text
 from datasets.tokenizer import Tokenizer
 from datasets.transforms import EvalClipTransform
@@ -60,7 +60,7 @@ class EvalDataset:
         return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8)
 
     def _frames(self, item):
-        """uint8 [T, 3, H, W]: T = num_frames for a video, 1 for goods."""
+        """T uint8 frames [3, H, W] (T = num_frames for a video, 1 for goods), each transformed at its own size."""
         if item.domain == "video" and self.frame_source == "raw":
             try:
                 return decode_video(self.paths.raw_video_path(item.pid), self.num_frames)
@@ -77,7 +77,7 @@ class EvalDataset:
                 self._unreadable(item, e, "a black frame")
                 self.counts.add("black_frames")
                 loaded[i] = self._black()
-        return stack_frames([loaded[i] for i in indices])
+        return [loaded[i] for i in indices]
 
     def _text(self, item):
         """The item's text; an empty one (unreadable with skip on, or a file with the wrong number

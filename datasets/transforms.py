@@ -1,19 +1,24 @@
-"""Clip transforms on uint8 tensors [T, 3, H, W] -> normalised float [T, 3, S, S].
+"""Image transforms. Test items are preprocessed exactly as cn_clip does (`eval_transform`):
+the whole image resized to S x S with bicubic resampling, whatever its aspect ratio, then
+normalised. Training crops are drawn on that same squashed S x S geometry, so train and test
+see objects with the same aspect distortion.
 
-The crop box and the flip are drawn once per clip and applied to every frame (torchvision's
-functional ops treat the leading T dimension as a batch), so the frames of a video stay aligned.
-Crops are taken before resizing, on uint8, so only the kept pixels are resampled. The
-functional ops are called directly: at 224 px the per-call overhead of a v2.Compose pipeline
-costs more than the pixel work itself (benchmarks/bench_transforms.py).
+Training works on uint8 tensors [T, 3, H, W]: the crop box and the flip are drawn once per clip
+and applied to every frame (torchvision's functional ops treat the leading T dimension as a
+batch), so the frames of a video stay aligned. Crops are taken before resizing, on uint8, so
+only the kept pixels are resampled. The functional ops are called directly: at 224 px the
+per-call overhead of a v2.Compose pipeline costs more than the pixel work itself
+(benchmarks/bench_transforms.py).
 """
 import torch
+from torchvision import transforms as T
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 # Chinese-CLIP (as OpenAI CLIP) pixel statistics
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-INTERPOLATION = v2.InterpolationMode.BILINEAR
+INTERPOLATION = v2.InterpolationMode.BILINEAR  # training; bilinear keeps the crop cheaper than the JPEG decode
 CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect-ratio range
 
 
@@ -29,12 +34,41 @@ class _Normalize:
         return clip.float().mul_(self.scale).sub_(self.shift)
 
 
+def _to_rgb(image):
+    return image.convert("RGB")
+
+
+def eval_transform(image_size):
+    """PIL image -> normalised float [3, S, S]: cn_clip's test preprocessing (`cn_clip.clip.utils.image_transform`)."""
+    return T.Compose([
+        T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BICUBIC),
+        _to_rgb,
+        T.ToTensor(),
+        T.Normalize(CLIP_MEAN, CLIP_STD),
+    ])
+
+
+class EvalClipTransform:
+    """uint8 frames [T, 3, H, W] (each may have its own size) -> float [T, 3, S, S] by `eval_transform`."""
+
+    def __init__(self, image_size):
+        self.transform = eval_transform(image_size)
+
+    def __call__(self, frames):
+        return torch.stack([self.transform(F.to_pil_image(frame)) for frame in frames])
+
+
 class TrainClipTransform:
-    """RandomResizedCrop(scale=crop_scale) + horizontal flip, identical on all frames, then normalise."""
+    """RandomResizedCrop(scale=crop_scale) + horizontal flip, identical on all frames, then normalise.
+
+    The crop box is drawn on the S x S canvas that `eval_transform` squashes every image to, then
+    mapped back to the source pixels (scaled by H/S and W/S), so the crop is the one that would be
+    taken from the squashed image, with a single resampling of the source."""
 
     def __init__(self, image_size, crop_scale=(0.64, 1.0)):
         self.size = [image_size, image_size]
         self.crop = v2.RandomResizedCrop(image_size, scale=tuple(crop_scale), ratio=CROP_RATIO)
+        self.canvas = torch.empty(1, image_size, image_size, dtype=torch.uint8)
         self.normalize = _Normalize()
 
     def __call__(self, clip, seed=None):
@@ -52,22 +86,11 @@ class TrainClipTransform:
             generator.set_state(state)
 
     def _apply(self, clip):
-        box = self.crop.make_params([clip])
-        clip = F.resized_crop(clip, box["top"], box["left"], box["height"], box["width"], self.size,
-                              interpolation=INTERPOLATION, antialias=True)
+        box = self.crop.make_params([self.canvas])
+        sy, sx = clip.shape[-2] / self.size[0], clip.shape[-1] / self.size[1]
+        top, left = round(box["top"] * sy), round(box["left"] * sx)
+        height, width = max(1, round(box["height"] * sy)), max(1, round(box["width"] * sx))
+        clip = F.resized_crop(clip, top, left, height, width, self.size, interpolation=INTERPOLATION, antialias=True)
         if torch.rand(()) < 0.5:
             clip = F.horizontal_flip(clip)
         return self.normalize(clip)
-
-
-class EvalClipTransform:
-    """Resize the short side to image_size and take the centre square (cropped first), then normalise."""
-
-    def __init__(self, image_size):
-        self.size = [image_size, image_size]
-        self.normalize = _Normalize()
-
-    def __call__(self, clip):
-        side = min(clip.shape[-2:])
-        clip = F.center_crop(clip, [side, side])
-        return self.normalize(F.resize(clip, self.size, interpolation=INTERPOLATION, antialias=True))

@@ -217,6 +217,20 @@ def eval_dataset(paths, list_path, **kw):
     return EvalDataset(paths, list_path, num_frames=T, image_size=SIZE, text_max_len=90, **kw)
 
 
+def test_eval_goods_image_is_preprocessed_as_cn_clip_does(tmp_path, structured_image):
+    from cn_clip.clip.utils import image_transform
+
+    paths = DatasetPaths(tmp_path)
+    add_goods(paths, 1, 10)
+    portrait = structured_image(9 * 6, 16 * 6)
+    portrait.save(paths.image_path(1), "PNG")
+    list_path = os.path.join(paths.test_dir, "video2goods_gallery.txt")
+    write_list(list_path, [(1, "goods", "q", "1/1.jpg", "1/1.txt")])
+    frames = eval_dataset(paths, list_path)[0]["frames"]
+    assert frames.shape == (1, 3, SIZE, SIZE)
+    assert (frames[0] - image_transform(SIZE)(portrait)).abs().max() < 1e-4
+
+
 def test_eval_video_items_take_segment_centres_in_list_order(tmp_path, tokenizer):
     paths = DatasetPaths(tmp_path)
     levels = [10 * (k + 1) for k in range(10)]

@@ -1,7 +1,12 @@
-"""Clip transforms: one crop and flip for all frames, centre crop at eval, CLIP normalisation."""
+"""Clip transforms: one crop and flip for all frames, cn_clip's preprocessing at eval, CLIP normalisation."""
+import numpy as np
+import pytest
 import torch
+from cn_clip.clip.utils import image_transform
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
 
-from datasets.transforms import CLIP_MEAN, CLIP_STD, EvalClipTransform, TrainClipTransform
+from datasets.transforms import CLIP_MEAN, CLIP_STD, INTERPOLATION, EvalClipTransform, TrainClipTransform, eval_transform
 
 MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
 STD = torch.tensor(CLIP_STD).view(3, 1, 1)
@@ -61,17 +66,40 @@ def test_crop_scale_bounds_the_crop_area():
         assert span > 40
 
 
-def test_eval_transform_takes_the_centre_and_normalises():
-    # outer thirds red and blue, middle third green, along the long side: the centre square is all green
-    bands = torch.zeros(2, 3, 30, 90, dtype=torch.uint8)
-    bands[:, 0, :, :30] = 255
-    bands[:, 1, :, 30:60] = 255
-    bands[:, 2, :, 60:] = 255
-    green = (torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1) - MEAN) / STD
-    for image in (bands, bands.transpose(-1, -2).contiguous()):  # wide, then tall
-        out = EvalClipTransform(16)(image)
-        assert out.shape == (2, 3, 16, 16)
-        assert torch.allclose(out, green.expand_as(out), atol=1e-4)
+@pytest.mark.parametrize("width,height", [(90, 160), (160, 90), (100, 100), (31, 17)])
+@pytest.mark.parametrize("size", [16, 224])
+def test_eval_transform_is_cn_clips(structured_image, width, height, size):
+    image = structured_image(width, height)
+    expected = image_transform(size)(image)
+    assert (eval_transform(size)(image) - expected).abs().max() < 1e-4
+    # the clip form: uint8 frames of different sizes, each preprocessed on its own
+    frames = [torch.from_numpy(np.array(image)).permute(2, 0, 1), torch.from_numpy(np.array(structured_image(40, 30, 1))).permute(2, 0, 1)]
+    out = EvalClipTransform(size)(frames)
+    assert out.shape == (2, 3, size, size)
+    assert (out[0] - expected).abs().max() < 1e-4
+    assert (out[1] - image_transform(size)(structured_image(40, 30, 1))).abs().max() < 1e-4
+
+
+def test_eval_transform_keeps_the_whole_portrait_frame():
+    # top and bottom quarters red and blue: a centre crop would lose them, the squashed whole image keeps them
+    bands = np.zeros((160, 90, 3), dtype=np.uint8)
+    bands[:40, :, 0] = 255
+    bands[40:120, :, 1] = 255
+    bands[120:, :, 2] = 255
+    out = eval_transform(16)(Image.fromarray(bands)) * STD + MEAN
+    assert out[0, :3].mean() > 0.9 and out[2, -3:].mean() > 0.9
+
+
+def test_train_crop_is_drawn_on_the_squashed_geometry(structured_image):
+    """A crop of scale 1 is the whole image squashed to S x S, as at test time, whatever the aspect ratio."""
+    portrait = torch.from_numpy(np.array(structured_image(54, 96))).permute(2, 0, 1)[None]
+    full = TrainClipTransform(16, (1.0, 1.0))
+    squashed = F.resize(portrait, [16, 16], interpolation=INTERPOLATION, antialias=True)
+    for seed in range(8):
+        out = full(portrait, seed=seed)
+        restored = (out * STD + MEAN) * 255
+        assert any(torch.allclose(restored, candidate.float(), atol=0.01)
+                   for candidate in (squashed, torch.flip(squashed, [-1])))
 
 
 def test_normalisation_of_a_uniform_image():
