@@ -46,7 +46,7 @@ def out_dir(cfg, feature):
 
 def data_paths(cfg):
     from datasets.annotations import DatasetPaths
-    return DatasetPaths(cfg["data"]["root"], cfg["data"]["dataset"])
+    return DatasetPaths.from_config(cfg["data"])
 
 
 def features_made_by(cfg):
@@ -81,6 +81,8 @@ def extract(cfg):
         load_model_weights(model, checkpoint)
     model.to(device)
     paths, direction = data_paths(cfg), cfg["eval"]["direction"]
+    # the gt file too: a wrong name should stop the run before hours of extraction, not after
+    paths.require(*paths.direction_files(direction))
     from datasets.annotations import GALLERY_DOMAIN, QUERY_DOMAIN
     lists = {"query": (paths.query_list(direction), QUERY_DOMAIN[direction]),
              "gallery": (paths.gallery_list(direction), GALLERY_DOMAIN[direction])}
@@ -128,6 +130,7 @@ def summary(results):
 def search_direction(cfg):
     """Search + score every extracted feature of eval.direction -> {feature: results}."""
     paths, direction = data_paths(cfg), cfg["eval"]["direction"]
+    paths.require(paths.gt_file(direction))
     results = {}
     for feature in feature_names(cfg):
         d = out_dir(cfg, feature)
@@ -147,6 +150,7 @@ def make_page(cfg, feature=None, out=None):
     d = out_dir(cfg, feature)
     paths, direction = data_paths(cfg), cfg["eval"]["direction"]
     out = out or os.path.join(d, "page.html")
+    paths.require(*paths.direction_files(direction))
     build_page(os.path.join(d, "ranking.npz"), paths.gt_file(direction),
                dataset_items(paths, paths.query_list(direction)), dataset_items(paths, paths.gallery_list(direction)),
                out, num_queries=cfg["eval"]["page_queries"], topk=cfg["eval"]["page_topk"], seed=cfg["seed"],

@@ -1,4 +1,4 @@
-"""Data of the Real400K / Real20M layout (shared/DATA_FORMAT.md): parsing, datasets, sampler, loaders.
+"""Data of the Real400K / Real20M layout (docs/DATA_FORMAT.md): parsing, datasets, sampler, loaders.
 
 The names below are imported on first use, so `import datasets` (or `datasets.annotations`)
 does not pull in torch, torchvision or transformers.

@@ -1,4 +1,4 @@
-"""Parsing of every annotation file of the Real400K / Real20M layout (shared/DATA_FORMAT.md).
+"""Parsing of every annotation file of the Real400K / Real20M layout (docs/DATA_FORMAT.md).
 
 Every malformed line raises `AnnotationError`, a `ValueError` whose message reads
 `<file>:<line>: <what was expected>` so that a user of a 136 GB dataset can open the
@@ -11,6 +11,7 @@ Reading conventions shared by all files: UTF-8 (a leading BOM is ignored), `\\n`
 `\\r\\n` line ends, blank lines are skipped in the list-like files, and surrounding
 whitespace of each field is ignored. Line numbers are 1-based and count blank lines.
 """
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 DIRECTIONS = ("video2goods", "goods2video")
 QUERY_DOMAIN = {"video2goods": "video", "goods2video": "goods"}
 GALLERY_DOMAIN = {"video2goods": "goods", "goods2video": "video"}
+LIST_KINDS = ("query", "gallery", "gt")  # the three files of each direction under data.test_files
 GOODS_TEXT_FIELDS = ("itemid", "category", "brand", "entity", "title", "desc")
 VIDEO_TEXT_FIELDS = ("caption", "title", "text")
 SHARD_MODULUS = 50000  # item files live in <pid % 50000>/<pid>.<ext>
@@ -57,17 +59,61 @@ def shard(pid):
     return str(int(pid) % SHARD_MODULUS)
 
 
-class DatasetPaths:
-    """Where each file of DATA_FORMAT.md lives under a data root (all paths are str)."""
+@functools.lru_cache(maxsize=None)
+def default_list_files():
+    """(data.train_file, data.test_files) as configs/base.yaml sets them, for code that has no config:
+    the schema is the one place where the default file names are written."""
+    from utils.config import SCHEMA_PATH, load_config
 
-    def __init__(self, root, dataset="Real400K"):
+    data = load_config(SCHEMA_PATH)["data"]
+    return data["train_file"], data["test_files"]
+
+
+class DatasetPaths:
+    """Where each file of docs/DATA_FORMAT.md lives under a data root (all paths are str).
+
+    `train_file` and `test_files` ({direction: {"query", "gallery", "gt"}}) are the list files
+    relative to `root`, as the config's data.train_file and data.test_files give them (None: the
+    defaults of configs/base.yaml); `from_config` takes them from a config's data section.
+    """
+
+    def __init__(self, root, dataset="Real400K", train_file=None, test_files=None):
         self.root = os.fspath(root)
         self.dataset = dataset
         self.data_dir = os.path.join(self.root, dataset)
         self.queries = os.path.join(self.data_dir, "query", "queries.txt")
-        self.train_file = os.path.join(self.root, "train_file", "train.txt")
-        self.test_dir = os.path.join(self.root, "test_file")
         self.entities_dir = os.path.join(self.root, "entities")
+        default_train, default_test = default_list_files()
+        train_file = default_train if train_file is None else train_file
+        test_files = default_test if test_files is None else test_files
+        self.train_file = os.path.join(self.root, train_file)
+        self._test_files = {(d, kind): os.path.join(self.root, test_files[d][kind])
+                            for d in DIRECTIONS for kind in LIST_KINDS}
+        # every config key naming a list file, by path (two keys may name the same file)
+        self._keys = {self.train_file: ["data.train_file"]}
+        for (d, kind), path in self._test_files.items():
+            self._keys.setdefault(path, []).append(f"data.test_files.{d}.{kind}")
+
+    @classmethod
+    def from_config(cls, data):
+        """The paths of a config's `data` section."""
+        return cls(data["root"], data["dataset"], data["train_file"], data["test_files"])
+
+    @property
+    def test_dir(self):
+        """The folder holding all test lists (test_file/ in the default layout)."""
+        return os.path.commonpath([os.path.dirname(p) for p in self._test_files.values()])
+
+    def config_keys(self, path):
+        """The config keys that name the list file `path` ('data.train_file', 'data.test_files.<d>.<kind>')."""
+        return " and ".join(self._keys.get(path, ["no config key"]))
+
+    def require(self, *paths):
+        """Check that list files exist; a missing one is an error naming the config key that points at it."""
+        for path in paths:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"list file not found: {path} (set by {self.config_keys(path)}, "
+                                        f"relative to data.root {self.root})")
 
     def domain_dir(self, domain):
         return os.path.join(self.data_dir, normalize_domain(domain))
@@ -92,13 +138,17 @@ class DatasetPaths:
         return os.path.join(self.domain_dir("video"), "raw", shard(pid), f"{int(pid)}.mp4")
 
     def query_list(self, direction):
-        return os.path.join(self.test_dir, f"{check_direction(direction)}_query.txt")
+        return self._test_files[check_direction(direction), "query"]
 
     def gallery_list(self, direction):
-        return os.path.join(self.test_dir, f"{check_direction(direction)}_gallery.txt")
+        return self._test_files[check_direction(direction), "gallery"]
 
     def gt_file(self, direction):
-        return os.path.join(self.test_dir, f"{check_direction(direction)}_gt.txt")
+        return self._test_files[check_direction(direction), "gt"]
+
+    def direction_files(self, direction):
+        """(query list, gallery list, gt file) of a direction."""
+        return tuple(self._test_files[check_direction(direction), kind] for kind in LIST_KINDS)
 
     def entities_file(self, level):
         return os.path.join(self.entities_dir, f"level{int(level)}.txt")
@@ -223,7 +273,7 @@ def parse_train_line(line, path, lineno):
 
 
 def parse_train_file(path):
-    """train_file/train.txt -> [TrainEntry] in file order."""
+    """The training list (data.train_file) -> [TrainEntry] in file order."""
     return [parse_train_line(line, path, lineno) for lineno, line in iter_lines(path)]
 
 
@@ -254,8 +304,8 @@ def parse_item_line(line, path, lineno):
 
 
 def parse_item_list(path, domain=None):
-    """test_file/*_query.txt or *_gallery.txt -> [TestItem] in file order; a repeated pid is an
-    error, and so is an item of another domain than `domain` (when given)."""
+    """A query or gallery list (data.test_files.<direction>.query/gallery) -> [TestItem] in file order;
+    a repeated pid is an error, and so is an item of another domain than `domain` (when given)."""
     items, seen = [], {}
     for lineno, line in iter_lines(path):
         item = parse_item_line(line, path, lineno)
@@ -286,7 +336,8 @@ def parse_gt_line(line, path, lineno):
 
 
 def parse_gt(path):
-    """test_file/*_gt.txt -> {query pid: [relevant gallery pids]}; repeated query lines are merged."""
+    """A gt file (data.test_files.<direction>.gt) -> {query pid: [relevant gallery pids]}; repeated query
+    lines are merged."""
     gt = {}
     for lineno, line in iter_lines(path):
         query, ids = parse_gt_line(line, path, lineno)

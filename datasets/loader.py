@@ -54,7 +54,8 @@ class _SeedWorker:
 def build_train_loader(cfg, rank, world_size):
     """-> (DataLoader of domain-pure batches for this rank, its DomainBatchSampler)."""
     data = cfg["data"]
-    paths = DatasetPaths(data["root"], data["dataset"])
+    paths = DatasetPaths.from_config(data)
+    paths.require(paths.train_file)
     entries = parse_train_file(paths.train_file)
     sampler = DomainBatchSampler(entries, cfg["train"]["batch_size"], rank, world_size, seed=cfg["seed"])
     dataset = TrainDataset(
@@ -76,10 +77,10 @@ def build_train_loader(cfg, rank, world_size):
 
 
 def build_eval_dataset(cfg, list_path, domain=None):
-    """The items of one test list (test_file/*_query.txt or *_gallery.txt), in file order;
+    """The items of one test list (a query or gallery list of data.test_files), in file order;
     `domain` ("goods" or "video"), when given, is required of every item."""
     data = cfg["data"]
     return EvalDataset(
-        DatasetPaths(data["root"], data["dataset"]), list_path, num_frames=data["num_frames"],
+        DatasetPaths.from_config(data), list_path, num_frames=data["num_frames"],
         image_size=data["image_size"], text_max_len=data["text_max_len"], frame_source=data["frame_source"],
         skip_unreadable=data["skip_unreadable_eval"], domain=domain)

@@ -1,4 +1,4 @@
-"""The domain-pure distributed batch sampler of DATA_FORMAT.md.
+"""The domain-pure distributed batch sampler of docs/DATA_FORMAT.md.
 
 Every rank computes the same epoch plan from (seed, epoch) alone: each query draws one sample
 (its domain 50/50 when it has both, then an item uniformly), the samples of each domain are

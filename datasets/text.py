@@ -1,4 +1,4 @@
-"""The text each item feeds to the model, and its training-time augmentations (DATA_FORMAT.md).
+"""The text each item feeds to the model, and its training-time augmentations (docs/DATA_FORMAT.md).
 
 Every random choice takes an explicit `random.Random`, so that a sample's text depends only on
 the seed the caller derives for that sample (same result in any worker, after a resume).

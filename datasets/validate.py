@@ -1,11 +1,12 @@
-"""Check a dataset root against every rule of shared/DATA_FORMAT.md.
+"""Check a dataset root against every rule of docs/DATA_FORMAT.md.
 
     python -m datasets.validate ROOT [--dataset Real400K] [--max-items N] [--decode-images]
+    python -m datasets.validate --config CFG [ROOT] ...   root, dataset and list files of CFG's data section
 
 Prints counts and every problem (file:line and what was expected), grouped by kind,
 and exits with status 1 when a rule is violated. Warnings (allowed by the format but
 worth knowing: a goods text with another number of lines, a gt query whose relevant
-items are all missing from the gallery, ...) do not change the status.
+items are all missing from the gallery (it scores 0), ...) do not change the status.
 
 Annotation files are streamed line by line, so the real Real400K (hundreds of
 thousands of items) is fine; the per-item file checks (image, text, frameid and frame
@@ -81,8 +82,8 @@ def _sample(mapping, max_items):
 
 
 class _Validator:
-    def __init__(self, root, dataset, max_items, decode_images, report):
-        self.paths = DatasetPaths(root, dataset)
+    def __init__(self, paths, max_items, decode_images, report):
+        self.paths = paths
         self.max_items = max_items
         self.decode_images = decode_images
         self.report = report
@@ -138,11 +139,13 @@ class _Validator:
     def check_layout(self):
         p = self.paths
         required = [p.data_dir, p.queries, p.images_dir("goods"), p.text_dir("goods"), p.images_dir("video"),
-                    os.path.join(p.domain_dir("video"), "frameid"), p.text_dir("video"), p.train_file]
-        required += [f(d) for d in DIRECTIONS for f in (p.query_list, p.gallery_list, p.gt_file)]
+                    os.path.join(p.domain_dir("video"), "frameid"), p.text_dir("video")]
         for path in required:
             if not os.path.exists(path):
                 self.report.error("missing from layout", f"expected {path}")
+        for path in (p.train_file, *(f for d in DIRECTIONS for f in p.direction_files(d))):
+            if not os.path.isfile(path):
+                self.report.error("missing list file", f"expected {path} (set by {p.config_keys(path)})")
         for level in (1, 2, 3):
             path = p.entities_file(level)
             if not os.path.isfile(path):
@@ -245,13 +248,13 @@ class _Validator:
             pairs += len(present)
             if not present:
                 self.report.warning("gt query without any relevant item in the gallery",
-                                    f"{where}: query {query} will be left out of the mean")
+                                    f"{where}: query {query} will score 0 at every K")
             elif len(present) < len(relevant):
                 self.report.warning("gt item not in the gallery",
                                     f"{where}: {len(relevant) - len(present)} of {len(relevant)} relevant ids absent")
         for pid, (_, where) in queries.items():
-            if pid not in seen:
-                self.report.warning("query without gt line", f"{where}: query {pid} has no line in {gt_path}")
+            if pid not in seen:  # the evaluation refuses to score such a query
+                self.report.error("query without gt line", f"{where}: query {pid} has no line in {gt_path}")
         self.report.counts.update({f"{direction} queries": len(queries), f"{direction} gallery": len(gallery),
                                    f"{direction} gt queries": len(seen), f"{direction} relevant pairs": pairs})
         self.check_items(queries)
@@ -282,10 +285,12 @@ class _Validator:
             self.report.counts[f"{domain}/{folder} files scanned"] = checked
 
 
-def validate(root, dataset="Real400K", max_items=None, decode_images=False, max_examples=20):
-    """Check `root` (the folder holding <dataset>/, train_file/, test_file/, entities/); returns a Report."""
+def validate(root, dataset="Real400K", max_items=None, decode_images=False, max_examples=20, train_file=None,
+             test_files=None):
+    """Check `root` (the folder holding <dataset>/, entities/ and the list files); returns a Report.
+    `train_file` and `test_files` are as data.train_file and data.test_files (None: the defaults)."""
     report = Report(max_examples)
-    v = _Validator(root, dataset, max_items, decode_images, report)
+    v = _Validator(DatasetPaths(root, dataset, train_file, test_files), max_items, decode_images, report)
     v.check_layout()
     if not os.path.isdir(v.paths.data_dir):
         return report
@@ -298,15 +303,28 @@ def validate(root, dataset="Real400K", max_items=None, decode_images=False, max_
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Check a dataset root against shared/DATA_FORMAT.md.")
-    parser.add_argument("root", help="folder holding Real400K/ (or Real20M/), train_file/, test_file/, entities/")
-    parser.add_argument("--dataset", default="Real400K", help="sub-folder with query/, goods/, video/")
+    parser = argparse.ArgumentParser(description="Check a dataset root against docs/DATA_FORMAT.md.")
+    parser.add_argument("root", nargs="?", help="folder holding Real400K/ (or Real20M/), entities/ and the list files "
+                                                "(default with --config: its data.root)")
+    parser.add_argument("--config", help="take data.root, data.dataset, data.train_file and data.test_files from "
+                                         "this config")
+    parser.add_argument("--dataset", help="sub-folder with query/, goods/, video/ (default: Real400K or the "
+                                          "config's data.dataset)")
     parser.add_argument("--max-items", type=int, default=None,
                         help="check the files of at most N sampled items per group (default: all)")
     parser.add_argument("--decode-images", action="store_true", help="also decode every checked image")
     parser.add_argument("--max-examples", type=int, default=20, help="problems printed per kind")
     args = parser.parse_args(argv)
-    report = validate(args.root, args.dataset, args.max_items, args.decode_images, args.max_examples)
+    if args.config:
+        from utils.config import load_config
+
+        data = load_config(args.config)["data"]
+    elif args.root is None:
+        parser.error("give ROOT or --config")
+    else:
+        data = {"root": args.root, "dataset": "Real400K", "train_file": None, "test_files": None}
+    report = validate(args.root or data["root"], args.dataset or data["dataset"], args.max_items, args.decode_images,
+                      args.max_examples, data["train_file"], data["test_files"])
     print(report.format())
     return 0 if report.ok else 1
 

@@ -1,4 +1,4 @@
-"""Generate a small synthetic dataset in exactly the Real400K layout of shared/DATA_FORMAT.md.
+"""Generate a small synthetic dataset in exactly the Real400K layout of docs/DATA_FORMAT.md.
 
     python scripts/make_mini_dataset.py --out data/mini [--seed 0] [--num-queries 300] ...
 
@@ -34,7 +34,7 @@ levels are chosen so that a small model trained a few minutes on CPU lands far a
 chance (R@10 of chance is 1 % with 1,000-item galleries) and well below 100 %.
 
 Splits (defaults in brackets):
-- training: `num_queries` [300] products, each a line of train_file/train.txt with 1-3
+- training: `num_queries` [300] products, each a line of the training list with 1-3
   goods and 1-3 videos (15 % of the queries goods only, 15 % videos only);
 - video2goods: `num_test_queries` [100] new products, each one query video and 1-3
   relevant goods; the goods gallery is filled up to `gallery_size` [1000] with goods of
@@ -50,6 +50,8 @@ a fifth of the gt lines write ids as paths (`<shard>/<pid>_0.jpg` for the query)
 training goods texts have a wrong number of lines (their title counts as empty), and
 the first `num_raw_videos` [8] training videos (all with -1) also exist as
 `video/raw/<shard>/<pid>.mp4` (PyAV, mpeg4) holding the same frames.
+
+The list files get the default names of configs/base.yaml (data.train_file, data.test_files).
 
 Every random choice comes from generators seeded by (seed, item), so the same seed
 gives byte-identical files.
@@ -448,7 +450,8 @@ def generate(out, seed=0, num_queries=300, num_test_queries=100, gallery_size=10
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="dataset root to create (holds Real400K/, train_file/, ...)")
+    parser.add_argument("--out", required=True,
+                        help="dataset root to create (holds Real400K/ and the list files at their default names)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-queries", type=int, default=300, help="training queries")
     parser.add_argument("--num-test-queries", type=int, default=100, help="test queries per direction")

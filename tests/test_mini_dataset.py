@@ -104,6 +104,28 @@ def test_validator_catches_planted_violations(mini_root, tmp_path, capsys):
     assert "FAILED" in capsys.readouterr().out
 
 
+def test_validator_follows_the_recall_rule_for_gt_lines(mini_root, tmp_path):
+    """A query without a gt line cannot be scored (an error); one whose relevant items are all absent
+    from the gallery scores 0 (a warning)."""
+    root = tmp_path / "gt"
+    shutil.copytree(mini_root, root, ignore=lambda d, names: ["Real400K"] if d == mini_root else [])
+    os.symlink(os.path.join(mini_root, "Real400K"), root / "Real400K")  # the lists alone are edited
+    gt = DatasetPaths(root).gt_file("video2goods")
+    with open(gt, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    before = parse_gt(gt)
+    lines = lines[1:]  # drop the first query's line, point the next one at pids of no gallery item
+    lines[0] = lines[0].split("\t")[0] + "\t1,2"
+    with open(gt, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    (dropped,) = set(before) - set(parse_gt(gt))
+    report = validate(root, max_items=3)
+    assert report.kinds() == {"query without gt line"}
+    assert f"query {dropped} has no line in {gt}" in report.problems["error"]["query without gt line"][0]
+    assert report.problems["warning"]["gt query without any relevant item in the gallery"] == [
+        f"{gt}:1: query {next(iter(parse_gt(gt)))} will score 0 at every K"]
+
+
 def test_validator_max_items_samples_the_file_checks(mini_root):
     full = validate(mini_root).counts
     sampled = validate(mini_root, max_items=5).counts

@@ -1,4 +1,4 @@
-"""The domain-pure distributed batch sampler (DATA_FORMAT.md, train_file/train.txt)."""
+"""The domain-pure distributed batch sampler (docs/DATA_FORMAT.md, data.train_file)."""
 import random
 from collections import Counter
 
