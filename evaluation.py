@@ -173,8 +173,12 @@ def evaluate_direction(cfg):
 
 
 def _config(args):
+    from main_cross_domain_emb import validate_config
     from utils.config import load_config
-    return load_config(args.config, args.overrides)
+
+    cfg = load_config(args.config, args.overrides)
+    validate_config(cfg)
+    return cfg
 
 
 def main(argv=None):
@@ -224,4 +228,12 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.config import ConfigError
+    from utils.distributed import UnsupportedGPU
+
+    try:
+        sys.exit(main())
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+    except (UnsupportedGPU, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")

@@ -1,5 +1,8 @@
 """Distributed extraction: 2 gloo ranks over an odd-length list give the single-process features and ids."""
+import os
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -150,3 +153,16 @@ def test_feature_folder_identity_follows_checkpoint_contents_and_model(tmp_path)
     other = load_config("configs/demo.yaml", [f"eval.checkpoint={ckpt}", "model.video.pooling=mean"])
     assert features_made_by(other)["model"] != features_made_by(cfg)["model"]
     assert features_made_by(load_config("configs/demo.yaml", ["seed=1"]))["seed"] == 1
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.amp=bf17", "config error: train.amp='bf17': expected one of"),
+    (None, "error: list file not found: "),
+])
+def test_evaluation_cli_reports_bad_input_in_one_line(tmp_path, override, message):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, os.path.join(repo, "evaluation.py"), "run", "--config",
+           os.path.join(repo, "configs", "demo.yaml"), f"data.root={tmp_path}"] + ([override] if override else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith(message) and "\n" not in proc.stderr.strip()
