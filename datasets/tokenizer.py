@@ -33,6 +33,7 @@ class Tokenizer:
         self.pad_id = self._bert.pad_token_id
         self.cls_id = self._bert.cls_token_id
         self.sep_id = self._bert.sep_token_id
+        self.mask_id = self._bert.mask_token_id
         self.counts = SharedCounters("texts", "truncated")
 
     def __call__(self, texts, max_len):
