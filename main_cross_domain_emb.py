@@ -237,7 +237,9 @@ def _train(cfg, build_model, build_loader, rank, world_size, device):
     model = build_model(cfg).to(device)
     resume_path, state = _resolve_resume(cfg["resume"], out_dir, rank, world_size)
     if resume_path is None and cfg["init_from"]:
-        report = ckpt.load_model_weights(model, cfg["init_from"], strict=False)
+        report = ckpt.load_init_weights(model, cfg["init_from"], strict=cfg["init_strict"])
+        if report["problem"]:
+            log.warning("%s (init_strict=false: loading what matches)", report["problem"])
         log.info("init_from %s: loaded %d tensors", cfg["init_from"], len(report["loaded"]))
         for kind in ("missing", "unexpected", "mismatched"):
             if report[kind]:
@@ -447,7 +449,7 @@ def main(argv=None):
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except UnsupportedGPU as e:
+    except (UnsupportedGPU, ckpt.WeightsMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLoss as e:

@@ -139,3 +139,62 @@ def test_load_model_weights_errors(tmp_path):
     torch.save({"something": 1}, tmp_path / "odd.pth")
     with pytest.raises(ValueError, match="odd.pth: expected a checkpoint with a 'model' or 'state_dict'"):
         ckpt.load_model_weights(Net(), str(tmp_path / "odd.pth"))
+
+
+# ---------------------------------------------------------------- init_from
+
+
+def four_layers(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(*[torch.nn.Linear(3, 3) for _ in range(4)])  # 8 tensors
+
+
+def test_init_from_the_same_model_loads_every_tensor(tmp_path):
+    path = str(tmp_path / "same.pth.tar")
+    source = four_layers(seed=1)
+    torch.save({"model": source.state_dict()}, path)
+    target = four_layers(seed=2)
+    report = ckpt.load_init_weights(target, path)
+    assert len(report["loaded"]) == 8 and report["problem"] is None
+    for k, v in source.state_dict().items():
+        assert torch.equal(target.state_dict()[k], v)
+
+
+@pytest.mark.parametrize("keys,found", [(("other.weight", "other.bias"), 0), (("0.weight", "0.bias", "1.weight"), 3)])
+def test_init_from_filling_under_half_of_the_model_is_an_error_naming_keys(tmp_path, keys, found):
+    path = str(tmp_path / "partial.pth.tar")
+    state = {k: torch.ones(3, 3) if k.endswith("weight") else torch.ones(3) for k in keys}
+    torch.save({"state_dict": state}, path)
+    target = four_layers()
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(ckpt.WeightsMismatch) as err:
+        ckpt.load_init_weights(target, path)
+    message = str(err.value)
+    assert path in message and f"{found} of the model's 8 tensors found" in message
+    assert "'3.weight'" in message and "init_strict=false" in message
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())  # nothing loaded
+
+    report = ckpt.load_init_weights(target, path, strict=False)
+    assert report["problem"] and len(report["loaded"]) == found
+    if found:
+        assert torch.equal(target.state_dict()["0.weight"], torch.ones(3, 3))
+
+
+def test_a_file_that_is_not_a_checkpoint_names_the_path(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not a checkpoint\n")
+    for load in (ckpt.load_init_weights, ckpt.load_model_weights):
+        with pytest.raises(ValueError, match=f"{path}: not a PyTorch checkpoint"):
+            load(four_layers(), str(path))
+
+
+def test_training_with_a_mismatched_init_from_stops_with_one_line(tmp_path, capsys):
+    import main_cross_domain_emb as entry
+
+    path = str(tmp_path / "foreign.pth.tar")
+    torch.save({"model": four_layers().state_dict()}, path)
+    demo = os.path.join(REPO, "configs", "demo.yaml")
+    argv = ["--config", demo, f"output_dir={tmp_path / 'out'}", f"data.root={tmp_path}", f"init_from={path}"]
+    assert entry.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: init_from={path}: 0 of the model's") and "init_strict=false" in err

@@ -142,6 +142,14 @@ def resolve_resume(resume, output_dir):
         raise RuntimeError(f"resume: {resume} is not a readable training checkpoint ({e})") from None
 
 
+# init_from must fill at least this share of the model's tensors (unless init_strict=false)
+MIN_INIT_SHARE = 0.5
+
+
+class WeightsMismatch(ValueError):
+    """A checkpoint that does not fit the model it is to initialise."""
+
+
 def _model_state(obj, path):
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
@@ -152,28 +160,65 @@ def _model_state(obj, path):
     return strip_module_prefix(obj)
 
 
+def _read_state(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a text file, a truncated zip, a pickle of foreign objects ...
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path}: not a PyTorch checkpoint (expected a file written by torch.save holding a "
+                         f"'model' or 'state_dict' mapping of tensors): {reason}") from None
+    return _model_state(obj, path)
+
+
+def _match(model, state):
+    own = model.state_dict()
+    mismatched = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    matching = {k: v for k, v in state.items() if k in own and k not in mismatched}
+    return matching, {
+        "loaded": sorted(matching),
+        "missing": sorted(k for k in own if k not in matching),
+        "unexpected": sorted(k for k in state if k not in own),
+        "mismatched": [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched],
+    }
+
+
 def load_model_weights(model, path, strict=True):
     """Load the model weights of a checkpoint (ours, or any file with a `state_dict`) into `model`.
 
     strict=True: every parameter must be present with the same shape. strict=False: load what
     matches and return a report {"loaded", "missing", "unexpected", "mismatched"} of the rest.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = _model_state(torch.load(path, map_location="cpu", weights_only=True), path)
     model = unwrap(model)
-    own = model.state_dict()
-    mismatched = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
-    matching = {k: v for k, v in state.items() if k in own and k not in mismatched}
-    report = {
-        "loaded": sorted(matching),
-        "missing": sorted(k for k in own if k not in matching),
-        "unexpected": sorted(k for k in state if k not in own),
-        "mismatched": [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched],
-    }
+    matching, report = _match(model, _read_state(path))
     if strict and (report["missing"] or report["unexpected"] or report["mismatched"]):
         parts = [f"{name}: {report[name][:5]}{' ...' if len(report[name]) > 5 else ''}"
                  for name in ("missing", "unexpected", "mismatched") if report[name]]
         raise RuntimeError(f"{path} does not match the model ({'; '.join(parts)})")
+    model.load_state_dict(matching, strict=False)
+    return report
+
+
+def load_init_weights(model, path, strict=True, show=10):
+    """init_from: load the tensors of `path` that fit `model`. Fewer than MIN_INIT_SHARE of the model's
+    tensors (e.g. another architecture, or a prefix that does not match) is a WeightsMismatch listing
+    the first `show` unmatched keys; with strict=False it is only reported (report["problem"]).
+    Nothing is loaded before the check passes."""
+    model = unwrap(model)
+    matching, report = _match(model, _read_state(path))
+    total = len(report["loaded"]) + len(report["missing"])
+    report["problem"] = None
+    if len(matching) < MIN_INIT_SHARE * total:
+        parts = [f"{len(matching)} of the model's {total} tensors found (at least {MIN_INIT_SHARE:.0%} expected)",
+                 f"first unmatched model keys ({len(report['missing'])} in all): {report['missing'][:show]}"]
+        if report["unexpected"]:
+            parts.append(f"first checkpoint keys the model lacks ({len(report['unexpected'])} in all): "
+                         f"{report['unexpected'][:show]}")
+        if report["mismatched"]:
+            parts.append(f"shape mismatches ({len(report['mismatched'])}): {report['mismatched'][:show]}")
+        report["problem"] = f"init_from={path}: " + "; ".join(parts)
+        if strict:
+            raise WeightsMismatch(report["problem"] + ". Set init_strict=false to load what matches anyway")
     model.load_state_dict(matching, strict=False)
     return report
