@@ -1,5 +1,4 @@
 """The query-driven cross-domain model, Ours-Q (paper §4.3, Fig. 4)."""
-import torch
 import torch.nn.functional as F
 from torch import nn
 

@@ -13,6 +13,14 @@ if sys.path[0] != REPO_ROOT:
 # a small dataset: a couple of seconds to generate, enough items for loaders and recall
 MINI_SIZES = dict(num_queries=40, num_test_queries=12, gallery_size=60, image_size=32, num_raw_videos=8)
 
+# overrides that shrink any config's model to a few layers of width 64 (the switches stay the config's)
+TINY = [
+    "data.image_size=32", "data.num_frames=3", "data.query_max_len=8", "data.text_max_len=12", "model.embed_dim=32",
+    "model.backbone.overrides={vision_width: 64, vision_layers: 2, vision_patch_size: 8, vision_head_width: 32, "
+    "text_hidden_size: 64, text_num_hidden_layers: 4, text_num_attention_heads: 2, text_intermediate_size: 128}",
+    "model.video.ftt_heads=2", "model.fusion.num_layers=2", "model.recon.text_heads=2", "model.recon.vision_heads=2",
+]
+
 
 @pytest.fixture(scope="session")
 def mini_root(tmp_path_factory):
@@ -37,3 +45,31 @@ def structured_image():
         base = np.stack([xx * 255 / width, yy * 255 / height, (xx + yy) % 64 * 4], axis=-1)
         return Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8))
     return make
+
+
+@pytest.fixture
+def gray_video():
+    """write(path, levels, size=32): an mp4 whose frame k is uniformly gray at levels[k]."""
+    import av
+    import numpy as np
+
+    def write(path, levels, size=32):
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("mpeg4", rate=10)
+            stream.width = stream.height = size
+            stream.pix_fmt = "yuv420p"
+            for level in levels:
+                frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), level, dtype=np.uint8), format="rgb24")
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+    return write
+
+
+@pytest.fixture
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a gloo rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 import main_cross_domain_emb as entry
+from engine.trainer import config_changes
 from utils.config import ConfigError, load_config, save_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +21,7 @@ def write(path, text):
 
 
 def test_base_chain_later_files_win(tmp_path):
-    mid = write(tmp_path / "mid.yaml", f"_base_: {BASE}\ntrain:\n  epochs: 4\n  lr: 2.0e-4\n")
+    write(tmp_path / "mid.yaml", f"_base_: {BASE}\ntrain:\n  epochs: 4\n  lr: 2.0e-4\n")
     child = write(tmp_path / "child.yaml", "_base_: mid.yaml\ntrain:\n  epochs: 7\nloss:\n  weights:\n    qt: 0.5\n")
     cfg = load_config(child)
     assert cfg["train"]["epochs"] == 7          # child over mid
@@ -127,5 +128,5 @@ def test_resolved_config_round_trips(tmp_path):
 def test_config_changes_between_checkpoint_and_resumed_run():
     old = load_config(BASE)
     new = load_config(BASE, ["train.lr=1e-3", "train.max_steps=10", "loss.weights.qt=0.5", "output_dir=elsewhere"])
-    assert entry.config_changes(old, new) == ["loss.weights.qt: 1.0 -> 0.5", "train.lr: 0.0001 -> 0.001"]
-    assert entry.config_changes(old, old) == []
+    assert config_changes(old, new) == ["loss.weights.qt: 1.0 -> 0.5", "train.lr: 0.0001 -> 0.001"]
+    assert config_changes(old, old) == []

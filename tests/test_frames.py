@@ -1,8 +1,6 @@
 """Frame selection (segment rule, repeat-last padding), image reading and decord decoding."""
 import random
 
-import av
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -69,22 +67,10 @@ def test_stack_frames_resizes_odd_sized_frames_to_the_first():
     assert clip.shape == (2, 3, 20, 30) and bool((clip == 9).all())
 
 
-def write_gray_video(path, levels, size=32):
-    """An mp4 whose frame k is uniformly gray at levels[k]."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for level in levels:
-            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), level, dtype=np.uint8), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-
-
-def test_decord_decodes_the_segment_rule_frames(tmp_path):
+def test_decord_decodes_the_segment_rule_frames(tmp_path, gray_video):
     levels = [20 * k + 10 for k in range(10)]
     path = tmp_path / "v.mp4"
-    write_gray_video(path, levels)
+    gray_video(path, levels)
     clip = decode_video(path, 5)
     assert clip.dtype == torch.uint8 and clip.shape == (5, 3, 32, 32)
     decoded = clip.float().mean(dim=(1, 2, 3))
@@ -96,12 +82,12 @@ def test_decord_decodes_the_segment_rule_frames(tmp_path):
     assert torch.allclose(train, torch.tensor([float(levels[i]) for i in segment_indices(10, 5, rng_b)]), atol=4)
 
     short = tmp_path / "short.mp4"
-    write_gray_video(short, [30, 130, 230])
+    gray_video(short, [30, 130, 230])
     padded = decode_video(short, 5).float().mean(dim=(1, 2, 3))
     assert torch.allclose(padded, torch.tensor([30.0, 130, 230, 230, 230]), atol=4)
 
 
-def test_decord_errors_name_the_file(tmp_path):
+def test_decord_errors_name_the_file(tmp_path, gray_video):
     with pytest.raises(UnreadableImage, match="none.mp4.*not found"):
         decode_video(tmp_path / "none.mp4", 5)
     bad = tmp_path / "bad.mp4"

@@ -7,15 +7,10 @@ import torch.nn.functional as F
 
 from models import build_model
 from models.backbone import CNClipBackbone
+from tests.conftest import TINY
 from utils.config import load_config
 
 BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "base.yaml")
-TINY = [
-    "data.image_size=32", "data.num_frames=3", "data.query_max_len=8", "data.text_max_len=12", "model.embed_dim=32",
-    "model.backbone.overrides={vision_width: 64, vision_layers: 2, vision_patch_size: 8, vision_head_width: 32, "
-    "text_hidden_size: 64, text_num_hidden_layers: 4, text_num_attention_heads: 2, text_intermediate_size: 128}",
-    "model.video.ftt_heads=2", "model.fusion.num_layers=2", "model.recon.text_heads=2", "model.recon.vision_heads=2",
-]
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from main_cross_domain_emb import _startup_report, build_optimizer
+from engine.trainer import build_optimizer, startup_report
 from utils.config import load_config
 from utils.schedule import LinearWarmupDecay, lr_factor, warmup_steps_for
 
@@ -105,7 +105,7 @@ def test_startup_report_states_the_schedule(caplog, ratio, warns):
     opt = build_optimizer(cfg, ThreeParts())
     sched = LinearWarmupDecay.for_optimizer(opt, ratio, total_steps=390)
     with caplog.at_level(logging.INFO, logger="qcd"):
-        _startup_report(cfg, 32, [39] * 10, sched, opt, torch.device("cpu"))
+        startup_report(cfg, 32, [39] * 10, sched, opt, torch.device("cpu"))
     text = caplog.text
     assert f"steps per epoch 39-39, epochs 10, total steps 390, warm-up {warmup_steps_for(ratio, 390)} steps" in text
     assert ("more than a third" in text) == warns

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 import main_cross_domain_emb as entry
+from engine import trainer as engine_trainer
 from utils import checkpoint as ckpt
 from utils.config import load_config
 from utils.logging import read_metrics
@@ -230,9 +231,9 @@ def test_continuing_at_a_lower_global_step_sets_later_checkpoints_aside(mini_roo
 def test_scaler_state_of_a_disabled_scaler_loads_into_an_enabled_one():
     """A bf16 (or CPU) run saves a disabled GradScaler's empty state; an fp16 run may continue from it."""
     enabled = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    entry.load_scaler_state(enabled, torch.amp.GradScaler("cpu", enabled=False).state_dict())
+    engine_trainer.load_scaler_state(enabled, torch.amp.GradScaler("cpu", enabled=False).state_dict())
     assert enabled.get_scale() == 1024.0
-    entry.load_scaler_state(enabled, torch.amp.GradScaler("cpu", init_scale=8.0).state_dict())
+    engine_trainer.load_scaler_state(enabled, torch.amp.GradScaler("cpu", init_scale=8.0).state_dict())
     assert enabled.get_scale() == 8.0
 
 
@@ -249,10 +250,10 @@ def test_ranks_resume_from_the_checkpoint_rank_0_chose(tmp_path):
         import sys
         sys.path.insert(0, {REPO!r})
         import torch.distributed as dist
-        import main_cross_domain_emb as entry
+        from engine.trainer import resolve_resume
         rank = int(sys.argv[1])
         dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{_free_port()}", rank=rank, world_size=2)
-        path, state = entry._resolve_resume("auto", [{str(views[0])!r}, {str(views[1])!r}][rank], rank, 2)
+        path, state = resolve_resume("auto", [{str(views[0])!r}, {str(views[1])!r}][rank], rank, 2)
         print(path, state["global_step"])
         dist.destroy_process_group()
     """)

@@ -6,6 +6,7 @@ and renamed (`os.replace` is atomic on POSIX), so a process killed mid-write lea
 worst a `*.tmp` file, never a half-written checkpoint under a real name. Files copied or
 cut short by other means are caught when resuming: each candidate is loaded and checked.
 """
+import dataclasses
 import glob
 import logging
 import os
@@ -17,8 +18,34 @@ import torch
 
 LATEST = "checkpoint_latest.pth.tar"
 _STEP_RE = re.compile(r"checkpoint_(\d+)\.pth\.tar$")
-REQUIRED_KEYS = ("model", "optimizer", "scaler", "scheduler", "epoch", "step_in_epoch", "global_step", "rng", "config",
-                 "world_size", "batch_size", "epoch_lengths")
+
+
+@dataclasses.dataclass
+class TrainingCheckpoint:
+    """What a training checkpoint holds: written with `as_dict`, read back with `from_dict`."""
+    model: dict          # state dict without DDP's `module.` prefix
+    optimizer: dict
+    scaler: dict         # GradScaler state ({} when disabled)
+    scheduler: dict      # LinearWarmupDecay state (base lrs)
+    epoch: int           # the position the run continues from: epoch, batches done in it, optimizer steps in all
+    step_in_epoch: int
+    global_step: int
+    rng: list            # every rank's RNG states, by rank
+    config: dict         # the resolved config of the run
+    world_size: int
+    batch_size: int
+    epoch_lengths: list  # batches per epoch with this world size and batch size
+
+    def as_dict(self):
+        # not dataclasses.asdict, which deep-copies every tensor
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, state):
+        return cls(**{k: state[k] for k in REQUIRED_KEYS})
+
+
+REQUIRED_KEYS = tuple(f.name for f in dataclasses.fields(TrainingCheckpoint))
 
 # Test hook: the writer of the checkpoint of this global step dies (SIGKILL) half-way through the file.
 KILL_ENV = "QCD_TEST_KILL_DURING_CHECKPOINT"
@@ -73,7 +100,10 @@ def step_checkpoints(output_dir):
 
 
 def save_checkpoint(state, output_dir, keep_last):
-    """Write `state` as the checkpoint of state['global_step'], point `latest` at it, drop old ones."""
+    """Write `state` (a TrainingCheckpoint or its dict) as the checkpoint of its global step, point
+    `latest` at it, drop old ones."""
+    if isinstance(state, TrainingCheckpoint):
+        state = state.as_dict()
     os.makedirs(output_dir, exist_ok=True)
     path = step_path(output_dir, state["global_step"])
     _write_atomic(state, path, state["global_step"])

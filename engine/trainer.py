@@ -1,0 +1,376 @@
+"""The training engine: one loop for every task (retrieval fine-tuning, pre-training).
+
+The learning rate is a pure function of the global step, a checkpoint (utils.checkpoint.
+TrainingCheckpoint) holds everything needed to continue the run exactly (model, optimizer,
+GradScaler, schedule, data position, every rank's RNG states), and `resume=auto` continues
+from the newest checkpoint in output_dir that loads.
+"""
+import contextlib
+import logging
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from utils import checkpoint as ckpt
+from utils.config import save_config
+from utils.distributed import barrier
+from utils.logging import Meter, MetricsLog, setup_logger
+from utils.schedule import WARMUP_WARN_SHARE, LinearWarmupDecay
+from utils.seed import get_rng_state, seed_data, seed_model_init, set_rng_state
+
+log = logging.getLogger("qcd")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def build_optimizer(cfg, model):
+    """Adam/AdamW over the model's named parameter groups, each with its own lr."""
+    t = cfg["train"]
+    cls = torch.optim.AdamW if t["optimizer"] == "adamw" else torch.optim.Adam
+    return cls(model.param_groups(cfg), lr=t["lr"], weight_decay=t["weight_decay"])
+
+
+def _flatten(cfg, prefix=""):
+    for k, v in cfg.items():
+        if isinstance(v, dict) and v:
+            yield from _flatten(v, prefix + k + ".")
+        else:
+            yield prefix + k, v
+
+
+# keys that may change between a run and its continuation without changing the run
+RESUME_FREE_KEYS = {"resume", "output_dir", "config_path", "train.max_steps", "train.log_every", "train.threads",
+                    "train.save_every_steps", "train.keep_last", "data.num_workers"}
+
+
+def config_changes(old, new):
+    """'key: old -> new' for each setting that differs between a checkpoint's config and this run's."""
+    a, b = dict(_flatten(old)), dict(_flatten(new))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k) and k not in RESUME_FREE_KEYS]
+
+
+def _group_name(group, i):
+    return group.get("name", f"group{i}")
+
+
+def to_device(batch, device):
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def reduce_terms(terms, world_size):
+    """Mean of each loss term over ranks (also makes a NaN on one rank visible to all)."""
+    names = sorted(terms)
+    values = torch.stack([terms[k].detach().float().reshape(()) for k in names])
+    if world_size > 1:
+        dist.all_reduce(values)
+        values /= world_size
+    return dict(zip(names, values.tolist()))
+
+
+def check_finite(terms, global_step, last_checkpoint):
+    # the weighted total last, so that the message names the term that went wrong
+    for name, value in sorted(terms.items(), key=lambda kv: (kv[0] == "loss", kv[0])):
+        if not math.isfinite(value):
+            raise NonFiniteLoss(
+                f"non-finite {name} = {value} at step {global_step}; stopping. "
+                f"Last good checkpoint: {last_checkpoint or 'none written in this run'}")
+
+
+def gather_rng(world_size):
+    state = get_rng_state()
+    if world_size == 1:
+        return [state]
+    states = [None] * world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def resolve_resume(resume, out_dir, rank, world_size):
+    """(path, state) as ckpt.resolve_resume, with resume=auto decided by rank 0 for all ranks: on
+    node-local or stale network views of output_dir, ranks could otherwise pick different files."""
+    if resume != "auto" or world_size == 1:
+        return ckpt.resolve_resume(resume, out_dir)
+    path, state = ckpt.find_latest_valid(out_dir) if rank == 0 else (None, None)
+    chosen = [path]
+    dist.broadcast_object_list(chosen, src=0)
+    if rank == 0 or chosen[0] is None:
+        return path, state
+    return ckpt.resolve_resume(chosen[0], out_dir)
+
+
+def load_scaler_state(scaler, state):
+    """A disabled GradScaler saves {}, which an enabled one refuses: then the scaler starts afresh."""
+    if state:
+        scaler.load_state_dict(state)
+
+
+def startup_report(cfg, world_size, epoch_lengths, scheduler, optimizer, device):
+    t = cfg["train"]
+    global_batch = t["batch_size"] * world_size
+    negatives = (global_batch if cfg["loss"]["negatives"] == "global" else t["batch_size"]) - 1
+    log.info("task %s, world size %d, device %s, amp %s, torch threads %d", cfg["task"], world_size, device,
+             t["amp"] if device.type == "cuda" else "none (CPU)", torch.get_num_threads())
+    log.info("batch per process %d, global batch %d, negatives per query %d (loss.negatives=%s)",
+             t["batch_size"], global_batch, negatives, cfg["loss"]["negatives"])
+    total, warmup = scheduler.total_steps, scheduler.warmup_steps
+    log.info("steps per epoch %d-%d, epochs %d, total steps %d, warm-up %d steps (train.warmup_ratio=%g), then "
+             "linear decay to 0%s", min(epoch_lengths), max(epoch_lengths), t["epochs"], total, warmup,
+             t["warmup_ratio"], f"; stopping at step {t['max_steps']}" if t["max_steps"] else "")
+    if warmup > WARMUP_WARN_SHARE * total:
+        log.warning("warm-up covers %d of the run's %d steps (more than a third): the lr decays over only %d steps",
+                    warmup, total, total - warmup)
+    for i, (g, base) in enumerate(zip(optimizer.param_groups, scheduler.base_lrs)):
+        n = sum(p.numel() for p in g["params"])
+        log.info("param group %-6s base lr %.3g, %d tensors, %.2fM parameters", _group_name(g, i), base,
+                 len(g["params"]), n / 1e6)
+
+
+def log_init_from(report, path):
+    if report["problem"]:
+        log.warning("%s (init_strict=false: loading what matches)", report["problem"])
+    log.info("init_from %s: loaded %d tensors", path, len(report["loaded"]))
+    for kind in ("missing", "unexpected", "mismatched"):
+        if report[kind]:
+            log.warning("init_from: %d %s (not loaded): %s", len(report[kind]), kind, ", ".join(report[kind]))
+
+
+class Trainer:
+    """One training run of `task` (engine.tasks.Task) on this process: `run()` trains to the end
+    of the schedule (or train.max_steps) and returns {"global_step", "checkpoint"}."""
+
+    def __init__(self, cfg, task, rank, world_size, device):
+        self.cfg, self.t = cfg, cfg["train"]
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.main = rank == 0
+        self.out_dir = cfg["output_dir"]
+        setup_logger(rank, self.out_dir)
+        if self.main:
+            save_config(cfg, os.path.join(self.out_dir, "config.yaml"))
+
+        seed_model_init(cfg["seed"])
+        self.model = task.build_model(cfg).to(device)
+        resume_path, state = resolve_resume(cfg["resume"], self.out_dir, rank, world_size)
+        if resume_path is None and cfg["init_from"]:
+            report = ckpt.load_init_weights(self.model, cfg["init_from"], strict=cfg["init_strict"])
+            log_init_from(report, cfg["init_from"])
+        seed_data(cfg["seed"], rank)
+
+        self.loader, self.sampler = task.build_loader(cfg, rank, world_size)
+        self.epoch_lengths = self._count_batches()
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = LinearWarmupDecay.for_optimizer(self.optimizer, self.t["warmup_ratio"], sum(self.epoch_lengths))
+        cuda = device.type == "cuda"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.t["amp"]) if cuda else None
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+
+        self.epoch, self.step_in_epoch, self.global_step, self.rng_states = 0, 0, 0, None
+        self.last_ckpt, self.last_saved_step = resume_path, None
+        if state is not None:
+            self._restore(ckpt.TrainingCheckpoint.from_dict(state), resume_path)
+        elif cfg["resume"] == "auto":
+            log.info("resume=auto: no checkpoint in %s, starting from scratch", self.out_dir)
+        self._set_aside_later_checkpoints()
+
+        self.model_ddp = self.model
+        if world_size > 1:
+            self.model_ddp = DistributedDataParallel(self.model, device_ids=[device.index] if cuda else None,
+                                                     find_unused_parameters=self.t["find_unused_parameters"])
+        startup_report(cfg, world_size, self.epoch_lengths, self.scheduler, self.optimizer, device)
+
+    def _count_batches(self):
+        """Batches of every epoch: epochs may differ in length (e.g. each query's domain is drawn per
+        epoch), and the schedule must end exactly at the last step."""
+        lengths = []
+        for e in range(self.t["epochs"]):
+            self.sampler.set_epoch(e)
+            lengths.append(len(self.loader))
+        if min(lengths) == 0:
+            raise RuntimeError(f"the training set gives no full batch of {self.t['batch_size']} per rank on "
+                               f"{self.world_size} ranks")
+        return lengths
+
+    def _restore(self, state, path):
+        self.model.load_state_dict(state.model)
+        self.optimizer.load_state_dict(state.optimizer)
+        load_scaler_state(self.scaler, state.scaler)
+        self.scheduler.load_base_lrs(state.scheduler)
+        self.epoch, self.step_in_epoch, self.global_step = state.epoch, state.step_in_epoch, state.global_step
+        changes = config_changes(state.config, self.cfg)
+        if changes:
+            # the optimizer's lrs and hyper-parameters come back from the checkpoint, whatever the config says
+            log.warning("config differs from the checkpoint's (optimizer settings are the checkpoint's): %s",
+                        "; ".join(changes))
+        self._renumber(state)
+        self.last_saved_step = self.global_step
+        if len(state.rng) == self.world_size:
+            self.rng_states = state.rng[self.rank]
+        else:
+            seed_data(self.cfg["seed"] + self.global_step, self.rank)
+        log.info("resumed from %s: epoch %d, step %d, global step %d", path, self.epoch, self.step_in_epoch,
+                 self.global_step)
+
+    def _renumber(self, state):
+        """Another world size or batch size: keep the share of the epoch done, restate the step count."""
+        old, new, epoch = state.epoch_lengths, self.epoch_lengths, self.epoch
+        if epoch >= self.t["epochs"] or old[:epoch + 1] == new[:epoch + 1]:
+            return
+        if self.step_in_epoch:
+            self.step_in_epoch = round(self.step_in_epoch * new[epoch] / old[epoch])
+        self.global_step = sum(new[:epoch]) + self.step_in_epoch
+        log.warning("checkpoint made with epochs of %s batches (world size %d, batch %d), now %s: continuing at "
+                    "step %d of epoch %d (global step %d); the data order differs from the original run",
+                    old[:epoch + 1], state.world_size, state.batch_size, new[:epoch + 1], self.step_in_epoch,
+                    epoch, self.global_step)
+
+    def _set_aside_later_checkpoints(self):
+        barrier()  # every rank has read its checkpoint before rank 0 renames any
+        if not self.main:
+            return
+        superseded = ckpt.set_aside_later_checkpoints(self.out_dir, self.global_step)
+        if superseded:
+            log.warning("this run goes on from global step %d: %d step checkpoint(s) numbered above it renamed "
+                        "so that rotation and resume=auto ignore them: %s", self.global_step, len(superseded),
+                        ", ".join(superseded))
+
+    def save(self):
+        if self.step_in_epoch == self.epoch_lengths[self.epoch]:
+            epoch, step = self.epoch + 1, 0
+        else:
+            epoch, step = self.epoch, self.step_in_epoch
+        rng = gather_rng(self.world_size)  # every rank takes part; rank 0 writes
+        if self.main:
+            ckpt.save_checkpoint(ckpt.TrainingCheckpoint(
+                model=ckpt.unwrap(self.model).state_dict(), optimizer=self.optimizer.state_dict(),
+                scaler=self.scaler.state_dict(), scheduler=self.scheduler.state_dict(), epoch=epoch,
+                step_in_epoch=step, global_step=self.global_step, rng=rng, config=self.cfg,
+                world_size=self.world_size, batch_size=self.t["batch_size"], epoch_lengths=self.epoch_lengths),
+                self.out_dir, self.t["keep_last"])
+        # on every rank, so that each one's messages (e.g. a non-finite loss) name the file
+        self.last_ckpt = ckpt.step_path(self.out_dir, self.global_step)
+        self.last_saved_step = self.global_step
+
+    def step(self, batch):
+        """One optimizer step -> (loss terms averaged over ranks, the model's output, {"lr/<group>": lr}, grad norm)."""
+        autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        with autocast:
+            out = self.model_ddp(batch)
+        terms = reduce_terms({k: v for k, v in out.items() if k.startswith("loss")}, self.world_size)
+        check_finite(terms, self.global_step + 1, self.last_ckpt)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out["loss"]).backward()
+        grad_norm = None
+        if self.t["grad_clip"]:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t["grad_clip"]).item()
+        step_lrs = self.scheduler.apply(self.optimizer, self.global_step)
+        lrs = {f"lr/{_group_name(g, i)}": lr for i, (g, lr) in enumerate(zip(self.optimizer.param_groups, step_lrs))}
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.global_step += 1
+        self.step_in_epoch += 1
+        return terms, out, lrs, grad_norm
+
+    def _epoch_batches(self):
+        """The iterator of the current epoch from step_in_epoch on, with the resumed RNG states in place."""
+        # the sampler skips the batches already done in this epoch without loading them
+        self.sampler.set_epoch(self.epoch, start_batch=self.step_in_epoch)
+        # Creating a loader iterator may draw from the torch RNG; the saved states were taken
+        # after that draw mid-epoch and before it at an epoch boundary.
+        if self.rng_states is not None and self.step_in_epoch == 0:
+            set_rng_state(self.rng_states)
+        batches = iter(self.loader)
+        if self.rng_states is not None and self.step_in_epoch > 0:
+            set_rng_state(self.rng_states)
+        self.rng_states = None
+        return batches
+
+    def run(self):
+        metrics = MetricsLog(self.out_dir, self.main)
+        window = _Window(self.t["batch_size"] * self.world_size)
+        max_steps = self.t["max_steps"] or sum(self.epoch_lengths)
+        self.model_ddp.train()
+        bar = None
+        try:
+            while self.epoch < self.t["epochs"] and self.global_step < max_steps:
+                batches = self._epoch_batches()
+                steps_per_epoch = self.epoch_lengths[self.epoch]
+                bar = tqdm(total=steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/"
+                           f"{self.t['epochs']}", disable=not self.main, dynamic_ncols=True, file=sys.stderr)
+                window.restart()
+                while self.step_in_epoch < steps_per_epoch and self.global_step < max_steps:
+                    t0 = time.perf_counter()
+                    batch = to_device(next(batches), self.device)
+                    t_data = time.perf_counter()
+                    terms, out, lrs, grad_norm = self.step(batch)
+                    bar.update(1)
+                    window.add(t_data - t0, time.perf_counter() - t0)
+                    end_of_epoch = self.step_in_epoch == steps_per_epoch
+                    if self.global_step % self.t["log_every"] == 0 or end_of_epoch:
+                        scalars = self._scalars(terms, out, lrs, grad_norm, window, steps_per_epoch)
+                        metrics.log(self.global_step, scalars)
+                        bar.set_postfix({k[len("train/"):]: f"{v:.4f}" for k, v in scalars.items()
+                                         if k.startswith("train/loss")}
+                                        | {"wait": f"{scalars['perf/data_wait_fraction']:.0%}"})
+                        window.restart()
+                    if self.global_step % self.t["save_every_steps"] == 0 or end_of_epoch or \
+                            self.global_step == max_steps:
+                        self.save()
+                bar.close()
+                if self.step_in_epoch == steps_per_epoch:
+                    self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            if self.last_saved_step != self.global_step:
+                self.save()
+            barrier()
+        finally:
+            if bar is not None:
+                bar.close()  # also when a non-finite loss stops the run mid-epoch
+            metrics.close()
+        log.info("finished at global step %d; last checkpoint %s", self.global_step, self.last_ckpt)
+        return {"global_step": self.global_step, "checkpoint": self.last_ckpt}
+
+    def _scalars(self, terms, out, lrs, grad_norm, window, steps_per_epoch):
+        scalars = {f"train/{k}": v for k, v in terms.items()}
+        scalars.update(lrs)
+        if "logit_scale" in out:
+            scale = float(out["logit_scale"].detach().float().mean())
+            scalars.update({"train/logit_scale": scale, "train/tau": 1.0 / scale})
+        for key, value in out.items():
+            if key.startswith("stat_"):  # values a task reports besides its losses (e.g. EPL's w_t)
+                scalars[f"train/{key[len('stat_'):]}"] = float(value)
+        if grad_norm is not None:
+            scalars["train/grad_norm"] = grad_norm
+        scalars.update(window.scalars())
+        scalars["epoch"] = self.epoch + self.step_in_epoch / steps_per_epoch
+        return scalars
+
+
+class _Window:
+    """Throughput and data-wait share over the steps since the last log line."""
+
+    def __init__(self, global_batch):
+        self.global_batch = global_batch
+        self.wait, self.step = Meter(), Meter()
+        self.restart()
+
+    def restart(self):
+        self.wait.reset()
+        self.step.reset()
+        self.start, self.steps = time.perf_counter(), 0
+
+    def add(self, wait_s, step_s):
+        self.wait.update(wait_s)
+        self.step.update(step_s)
+        self.steps += 1
+
+    def scalars(self):
+        return {"perf/samples_per_s": self.global_batch * self.steps / (time.perf_counter() - self.start),
+                "perf/data_wait_fraction": self.wait.sum / self.step.sum, "perf/step_time_s": self.step.avg}
