@@ -7,6 +7,7 @@ import importlib
 
 _EXPORTS = {
     "build_train_loader": "datasets.loader",
+    "build_pretrain_loader": "datasets.loader",
     "build_eval_dataset": "datasets.loader",
     "collate_train": "datasets.loader",
     "collate_eval": "datasets.loader",

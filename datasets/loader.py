@@ -7,7 +7,7 @@ import torch
 
 from datasets.annotations import DatasetPaths, parse_train_file
 from datasets.eval_dataset import EvalDataset
-from datasets.sampler import DomainBatchSampler
+from datasets.sampler import DomainBatchSampler, ItemBatchSampler
 from datasets.train_dataset import TrainDataset
 
 TRAIN_TENSOR_KEYS = ("query_ids", "query_mask", "frames", "text_ids", "text_mask")
@@ -23,6 +23,7 @@ def collate_train(samples):
     batch["domain"] = domains.pop()
     batch["pids"] = torch.tensor([s["pid"] for s in samples], dtype=torch.long)
     batch["query_index"] = torch.tensor([s["query_index"] for s in samples], dtype=torch.long)
+    batch["epoch"] = samples[0]["epoch"]  # one epoch per batch: the sampler plans epoch by epoch
     return batch
 
 
@@ -51,13 +52,14 @@ class _SeedWorker:
         torch.set_num_threads(1)  # the workers already share the cores between them
 
 
-def build_train_loader(cfg, rank, world_size):
-    """-> (DataLoader of domain-pure batches for this rank, its DomainBatchSampler)."""
+def build_train_loader(cfg, rank, world_size, sampler_class=DomainBatchSampler):
+    """-> (DataLoader of domain-pure batches for this rank, its sampler): one sample per query and
+    epoch (retrieval), or with ItemBatchSampler every item once per epoch (pre-training)."""
     data = cfg["data"]
     paths = DatasetPaths.from_config(data)
     paths.require(paths.train_file)
     entries = parse_train_file(paths.train_file)
-    sampler = DomainBatchSampler(entries, cfg["train"]["batch_size"], rank, world_size, seed=cfg["seed"])
+    sampler = sampler_class(entries, cfg["train"]["batch_size"], rank, world_size, seed=cfg["seed"])
     dataset = TrainDataset(
         paths, entries, num_frames=data["num_frames"], image_size=data["image_size"],
         query_max_len=data["query_max_len"], text_max_len=data["text_max_len"], crop_scale=data["crop_scale"],
@@ -74,6 +76,11 @@ def build_train_loader(cfg, rank, world_size):
         generator=torch.Generator().manual_seed(cfg["seed"] + rank),
         persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
     return loader, sampler
+
+
+def build_pretrain_loader(cfg, rank, world_size):
+    """The pre-training loader: the items of the training file, each once per epoch, with their texts."""
+    return build_train_loader(cfg, rank, world_size, sampler_class=ItemBatchSampler)
 
 
 def build_eval_dataset(cfg, list_path, domain=None):

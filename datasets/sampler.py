@@ -17,6 +17,18 @@ DOMAINS = ("goods", "video")
 TrainSample = namedtuple("TrainSample", "epoch query_index domain pid")
 
 
+def cut_global_batches(by_domain, global_size, rng):
+    """{domain: samples} -> the global batches of the epoch in a shuffled order: each domain's
+    samples shuffled and cut into batches of `global_size`, a short remainder dropped."""
+    batches = []
+    for domain in DOMAINS:
+        samples = by_domain[domain]
+        rng.shuffle(samples)
+        batches += [samples[i:i + global_size] for i in range(0, len(samples) - global_size + 1, global_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 class DomainBatchSampler:
     """Yields lists of `TrainSample`, `batch_size` per batch, for this rank.
 
@@ -61,14 +73,7 @@ class DomainBatchSampler:
                 domain = "goods" if entry.goods else "video"
             pids = entry.goods if domain == "goods" else entry.videos
             by_domain[domain].append(TrainSample(epoch, index, domain, rng.choice(pids)))
-        global_size = self.batch_size * self.world_size
-        batches = []
-        for domain in DOMAINS:
-            samples = by_domain[domain]
-            rng.shuffle(samples)
-            batches += [samples[i:i + global_size] for i in range(0, len(samples) - global_size + 1, global_size)]
-        rng.shuffle(batches)
-        return batches
+        return cut_global_batches(by_domain, self.batch_size * self.world_size, rng)
 
     def __iter__(self):
         lo = self.rank * self.batch_size
@@ -77,3 +82,26 @@ class DomainBatchSampler:
 
     def __len__(self):
         return len(self._plan) - self.start_batch
+
+
+class ItemBatchSampler(DomainBatchSampler):
+    """Pre-training: every goods and video item of the training file once per epoch, in domain-pure
+    global batches cut and ordered as above. An item listed under several queries comes once, as
+    a sample of the first query that lists it (the query whose items stand in for it when it
+    cannot be read)."""
+
+    def __init__(self, entries, batch_size, rank=0, world_size=1, seed=0):
+        self.items = {d: [] for d in DOMAINS}
+        seen = {d: set() for d in DOMAINS}
+        for index, entry in enumerate(entries):
+            for domain, pids in (("goods", entry.goods), ("video", entry.videos)):
+                for pid in pids:
+                    if pid not in seen[domain]:
+                        seen[domain].add(pid)
+                        self.items[domain].append((index, pid))
+        super().__init__(entries, batch_size, rank, world_size, seed)
+
+    def global_batches(self, epoch):
+        rng = random.Random(f"item-batches:{self.seed}:{epoch}")
+        by_domain = {d: [TrainSample(epoch, index, d, pid) for index, pid in self.items[d]] for d in DOMAINS}
+        return cut_global_batches(by_domain, self.batch_size * self.world_size, rng)

@@ -34,6 +34,8 @@ class Tokenizer:
         self.cls_id = self._bert.cls_token_id
         self.sep_id = self._bert.sep_token_id
         self.mask_id = self._bert.mask_token_id
+        # ids that are never a masked-language-modelling target nor a random replacement
+        self.special_ids = (self.pad_id, self.cls_id, self.sep_id, self.mask_id, self._bert.unk_token_id)
         self.counts = SharedCounters("texts", "truncated")
 
     def __call__(self, texts, max_len):

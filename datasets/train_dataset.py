@@ -86,7 +86,7 @@ class TrainDataset:
             "query_ids": query_ids[0], "query_mask": query_mask[0],
             "frames": self.transform(frames, seed=rng.getrandbits(63)),
             "text_ids": text_ids[0], "text_mask": text_mask[0],
-            "domain": sample.domain, "pid": pid, "query_index": query_index,
+            "domain": sample.domain, "pid": pid, "query_index": query_index, "epoch": sample.epoch,
         }
 
     def _replacement(self, query_index, domain, tried, rng):

@@ -84,9 +84,10 @@ class FusionEncoder(nn.Module):
             self.proj.weight.copy_(backbone.clip.text_projection.t())
         self.grad_checkpointing = bool(cfg["model"]["backbone"]["grad_checkpointing"])
 
-    def forward(self, v_cls, t_cls, text_states, text_mask, visual_tokens):
-        """visual_tokens [B,T,1+P,width] (every ViT output token, [CLS] and patches): averaged over the frames,
-        normalised, projected to the text width, then the keys/values of every cross-attention."""
+    def encode_tokens(self, text_states, text_mask, visual_tokens):
+        """-> the fused token states [B, L, hidden]. visual_tokens [B,T,1+P,width] (every ViT output token,
+        [CLS] and patches): averaged over the frames, normalised, projected to the text width, then the
+        keys/values of every cross-attention."""
         visual = self.visual_proj(self.visual_norm(visual_tokens.mean(dim=1)))
         additive_mask = extended_attention_mask(text_mask, text_states.dtype)
         x = text_states
@@ -95,7 +96,11 @@ class FusionEncoder(nn.Module):
                 x = checkpoint(layer, x, additive_mask, visual, use_reentrant=False)
             else:
                 x = layer(x, additive_mask, visual)
-        return self.proj(x[:, 0])
+        return x
+
+    def forward(self, v_cls, t_cls, text_states, text_mask, visual_tokens):
+        """-> u_cls [B, embed_dim], the projected first fused token."""
+        return self.proj(self.encode_tokens(text_states, text_mask, visual_tokens)[:, 0])
 
 
 class AddFusion(nn.Module):

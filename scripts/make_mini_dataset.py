@@ -98,6 +98,9 @@ QUERY_FILLERS = ["同款", "推荐", "好看的", "求", "平价", "女生", "in
 VIDEO_TAGS = ["#好物分享", "#开箱", "#种草", "#日常vlog", "#穿搭", "#家居好物"]
 CAPTION_OPENERS = ["大家好今天给大家分享", "最近入手了", "终于买到了", "给你们看看这个"]
 ATTRIBUTE_SIZES = (len(CATEGORIES), len(COLOURS), len(PATTERNS), len(MATERIALS))
+# entities/<TRUTH_FILE>: "domain<TAB>pid<TAB>level-3 entity" of every item, the hidden truth that lets the
+# pre-training demo score pseudo-labels; not part of the dataset format
+TRUTH_FILE = "mini_item_level3.tsv"
 
 
 def _words(attribute, value):
@@ -319,6 +322,7 @@ class _Writer:
         self.pid_rng = random.Random(f"{seed}/pids")
         self.used = {"goods": set(), "video": set()}
         self.bad_goods_texts_left = 3
+        self.made = []  # (domain, pid, concept) of every item, in order
 
     def _rng(self, domain, pid):
         return random.Random(f"{self.seed}/{domain}/{pid}")
@@ -343,6 +347,7 @@ class _Writer:
 
     def goods(self, concept, allow_bad_text=False):
         pid = self._new_pid("goods")
+        self.made.append(("goods", pid, concept))
         rng = self._rng("goods", pid)
         self._save_jpeg(render_goods(concept, rng, self.size), self.paths.image_path(pid))
         lines = goods_text_lines(pid, concept, rng)
@@ -354,6 +359,7 @@ class _Writer:
 
     def video(self, concept, raw_allowed=False):
         pid = self._new_pid("video")
+        self.made.append(("video", pid, concept))
         rng = self._rng("video", pid)
         frames = render_video(concept, rng, self.size, rng.randint(*self.frames_range))
         rel = [f"{shard(pid)}/{pid}_{k}.jpg" for k in range(len(frames))]
@@ -440,12 +446,26 @@ def generate(out, seed=0, num_queries=300, num_test_queries=100, gallery_size=10
         w.write_lines(w.paths.gt_file(direction), gt_lines)
 
     w.write_lines(w.paths.queries, all_queries)
-    level1 = sorted({c[2] for c in CATEGORIES})
-    level2 = [c[1][0] for c in CATEGORIES]
-    level3 = [m[0] + c for c in level2 for m in MATERIALS]
-    for level, entities in enumerate((level1, level2, level3), 1):
-        w.write_lines(w.paths.entities_file(level), entities)
+    for level in (1, 2, 3):
+        w.write_lines(w.paths.entities_file(level), sorted({entity(c, level) for c in _all_concepts()}))
+    w.write_lines(os.path.join(w.paths.entities_dir, TRUTH_FILE),
+                  [f"{domain}\t{pid}\t{entity(concept, 3)}" for domain, pid, concept in w.made])
     return w.paths
+
+
+def _all_concepts():
+    return [(c, k, 0, 0) for c in range(len(CATEGORIES)) for k in range(len(COLOURS))]
+
+
+def entity(concept, level):
+    """The concept's entity of `level`: 1 the category's group (家居用品), 2 the category (杯子),
+    3 colour and category (红色杯子), coarse to fine and all but the group visible in images."""
+    category = CATEGORIES[concept[0]]
+    if level == 1:
+        return category[2]
+    if level == 2:
+        return category[1][0]
+    return COLOURS[concept[1]][1][0] + category[1][0]
 
 
 def main(argv=None):

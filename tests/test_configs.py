@@ -9,7 +9,7 @@ from models import build_model
 from models.fusion import AddFusion, Combiner, FusionEncoder
 from models.ftt import FrameTemporalTransformer
 from models.video_pooling import LSTMPooling, MeanPooling, SumPooling
-from tests.test_model import TINY
+from tests.conftest import TINY
 from utils.config import load_config
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -25,9 +25,43 @@ EXPECTED = {
 }
 
 
+# Pre-training configs: (stage, the config whose checkpoint it starts from)
+PRETRAIN = {
+    "pretrain_real400k.yaml": ("1", None),
+    "pretrain_real400k_stage2.yaml": ("2", "pretrain_real400k.yaml"),
+}
+# Table 4 rows fine-tuned from pre-training: the pre-training config whose checkpoint they start from
+FROM_PRETRAINING = {
+    "qcd_real400k_pretrained.yaml": "pretrain_real400k_stage2.yaml",
+    "ablations/table4_q_p_epl.yaml": "pretrain_real400k_stage2.yaml",
+    "ablations/table4_q_p_no_epl.yaml": "pretrain_real400k.yaml",
+}
+EXPECTED.update({name: EXPECTED["qcd_real400k.yaml"] for name in FROM_PRETRAINING})
+
+
 def test_every_config_file_is_listed_or_the_demo():
     found = {os.path.relpath(p, CONFIGS) for p in glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True)}
-    assert found == set(EXPECTED) | {"base.yaml", "demo.yaml"}
+    assert found == set(EXPECTED) | set(PRETRAIN) | {"base.yaml", "demo.yaml", "demo_pretrain.yaml"}
+
+
+def _latest(name):
+    return os.path.join(load_config(os.path.join(CONFIGS, name))["output_dir"], "checkpoint_latest.pth.tar")
+
+
+@pytest.mark.parametrize("name", sorted(PRETRAIN))
+def test_pretraining_configs_chain_their_stages(name):
+    cfg = load_config(os.path.join(CONFIGS, name))
+    stage, parent = PRETRAIN[name]
+    assert (cfg["task"], cfg["pretrain"]["stage"]) == ("pretrain", stage)
+    assert cfg["init_from"] == (_latest(parent) if parent else None)
+    t = cfg["train"]
+    assert (t["batch_size"], t["epochs"], t["optimizer"], t["lr"]) == (80, 10, "adam", 1e-2)  # §5.1
+
+
+@pytest.mark.parametrize("name", sorted(FROM_PRETRAINING))
+def test_table4_rows_start_from_their_pretraining_checkpoint(name):
+    cfg = load_config(os.path.join(CONFIGS, name))
+    assert cfg["task"] == "retrieval" and cfg["init_from"] == _latest(FROM_PRETRAINING[name])
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -43,5 +77,5 @@ def test_config_builds_its_variant(name):
 
 
 def test_ablation_runs_write_to_their_own_folders():
-    dirs = [load_config(os.path.join(CONFIGS, name))["output_dir"] for name in EXPECTED]
+    dirs = [load_config(os.path.join(CONFIGS, name))["output_dir"] for name in [*EXPECTED, *PRETRAIN]]
     assert len(set(dirs)) == len(dirs)

@@ -11,14 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets import build_eval_dataset, build_train_loader, collate_eval, collate_train
+from datasets import build_eval_dataset, build_pretrain_loader, build_train_loader, collate_eval, collate_train
 from datasets.annotations import DatasetPaths, TrainEntry, parse_item_list, parse_train_file, read_frame_ids
 from datasets.eval_dataset import EvalDataset
 from datasets.frames import UnreadableImage, decode_video, load_image, segment_indices
 from datasets.sampler import TrainSample
 from datasets.tokenizer import Tokenizer
 from datasets.train_dataset import TrainDataset
-from tests.test_frames import write_gray_video
 from datasets.transforms import CLIP_MEAN, CLIP_STD
 from utils.config import load_config
 
@@ -283,13 +282,13 @@ def test_unreadable_eval_item_is_an_error_unless_skipping(tmp_path):
     assert lenient[0]["text_mask"].sum() == 2 and lenient.stats()["empty_texts"] == 1
 
 
-def test_eval_raw_videos_decode_centres_and_missing_ones_follow_the_skip_rule(tmp_path):
+def test_eval_raw_videos_decode_centres_and_missing_ones_follow_the_skip_rule(tmp_path, gray_video):
     paths = DatasetPaths(tmp_path)
     levels = [20 * k + 10 for k in range(10)]
     for pid in (41, 42):
         add_video(paths, pid, levels)
     os.makedirs(os.path.dirname(paths.raw_video_path(41)))
-    write_gray_video(paths.raw_video_path(41), levels)
+    gray_video(paths.raw_video_path(41), levels)
     list_path = os.path.join(paths.test_dir, "goods2video_gallery.txt")
     write_list(list_path, [(pid, "video", "q", f"{pid}/{pid}_0.jpg", f"{pid}/{pid}.txt") for pid in (41, 42)])
 
@@ -319,7 +318,8 @@ def test_train_loader_on_mini_dataset(mini_root):
     queries = parse_train_file(DatasetPaths(mini_root).train_file)
     for batch in batches:
         assert set(batch) == {"query_ids", "query_mask", "frames", "text_ids", "text_mask", "domain", "pids",
-                              "query_index"}
+                              "query_index", "epoch"}
+        assert batch["epoch"] == 1
         t = 3 if batch["domain"] == "video" else 1
         assert batch["frames"].shape == (4, t, 3, 32, 32) and batch["frames"].dtype == torch.float32
         assert batch["query_ids"].shape == batch["query_mask"].shape == (4, 20)
@@ -381,3 +381,23 @@ def test_eval_datasets_on_mini_dataset(mini_root):
                 indices += batch["index"].tolist()
             assert pids == [item.pid for item in items] and indices == list(range(len(items)))
             assert ds.stats()["black_frames"] == 0
+
+
+def test_pretrain_loader_gives_every_item_once_per_epoch(mini_root):
+    cfg = mini_cfg(mini_root)
+    loader, sampler = build_pretrain_loader(cfg, rank=0, world_size=1)
+    queries = parse_train_file(DatasetPaths(mini_root).train_file)
+    items = {("goods", p) for q in queries for p in q.goods} | {("video", p) for q in queries for p in q.videos}
+    sampler.set_epoch(2)
+    seen = []
+    for batch in loader:
+        assert batch["epoch"] == 2
+        seen += [(batch["domain"], pid) for pid in batch["pids"].tolist()]
+        # the text is the item's own: its query is one that lists it
+        for q, pid in zip(batch["query_index"].tolist(), batch["pids"].tolist()):
+            assert pid in (queries[q].goods if batch["domain"] == "goods" else queries[q].videos)
+    assert len(seen) == len(set(seen))
+    per_domain = {d: sum(1 for dom, _ in items if dom == d) for d in ("goods", "video")}
+    # each domain loses at most a batch's remainder
+    for d, n in per_domain.items():
+        assert n - 4 < sum(1 for dom, _ in seen if dom == d) <= n

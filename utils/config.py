@@ -111,7 +111,8 @@ def _check_type(key, default, value, where):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif isinstance(default, str):
-        ok = isinstance(value, str)
+        ok = isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+        value = str(value) if ok else value  # a string setting written as a number (pretrain.stage: 1)
     elif isinstance(default, list):
         ok = isinstance(value, list)
     elif isinstance(default, dict):

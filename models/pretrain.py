@@ -1,0 +1,138 @@
+"""The multimodal pre-training model (paper §4.2, Eq. 1-3).
+
+It holds the parts of Ours-Q that pre-training shapes, under the same names (`backbone.*`,
+`fusion.*`), so that `init_from` a pre-training checkpoint fills them in the retrieval model,
+plus the pre-training heads (`vtm_head`, `mlm_head`, `entity_head`) and the VTC temperature.
+
+For an item (a goods image with its title, or a video's frames with its text):
+- v: the mean of the frames' projected [CLS] features; t: the text tower's projected [CLS];
+- VTC: symmetric InfoNCE of v and t (`loss.negatives`, `loss.temperature` as in retrieval);
+- VTM (L_otm): the fusion encoder reads (text, visual tokens) for each positive and for one hard
+  negative text per item and one hard negative item per text, drawn from the VTC similarities;
+  a 2-way head on its first token;
+- MLM: the item text with 15 % of its tokens chosen, through the text tower and the fusion
+  encoder, predicted by a head tied to the word embeddings;
+- EPL: pseudo-labels p^l from v and the prompt embeddings e^l (Eq. 1, no gradient), predictions
+  c^l from the mean of the fusion tokens u, L_epl of Eq. 2 with w_t of the batch's epoch.
+
+`pretrain.stage` picks the terms: 1 = VTC + VTM + MLM, 2 = EPL with the towers frozen (in eval
+mode, so no dropout changes their features), joint = all four (Eq. 3).
+"""
+import torch
+from torch import nn
+
+from losses import (EntityClassifier, TiedMLMHead, VTCLoss, epl_loss, mask_tokens, mlm_loss, pretrain_loss,
+                    progressive_weight, pseudo_labels, sample_hard_negatives, vtm_loss, vtm_pairs)
+from losses.epl import NUM_LEVELS
+from losses.mlm import IGNORE_INDEX
+from models.backbone import CNClipBackbone
+from models.fusion import FusionEncoder
+
+STAGE_TERMS = {"1": ("vtc", "otm", "mlm"), "2": ("epl",), "joint": ("vtc", "otm", "mlm", "epl")}
+BATCH_KEYS = ("frames", "text_ids", "text_mask", "epoch")
+
+
+class PretrainModel(nn.Module):
+    def __init__(self, cfg, prompts=None, special_ids=(), mask_id=None):
+        """prompts: NUM_LEVELS pairs (input_ids, attention_mask) [M_l, L] of the entity prompts (EPL
+        stages only); special_ids, mask_id: the tokenizer's (MLM stages only)."""
+        super().__init__()
+        p, lcfg = cfg["pretrain"], cfg["loss"]
+        self.terms = STAGE_TERMS[str(p["stage"])]
+        self.weights = {k: v for k, v in p["weights"].items() if k in self.terms}
+        self.alpha = p["epl_alpha"]
+        self.backbone = CNClipBackbone(cfg)
+        self.fusion = FusionEncoder(cfg, self.backbone)
+        # u_cls's projection serves retrieval only; it stays the text tower's initial projection
+        self.fusion.proj.requires_grad_(False)
+        self.vtc = VTCLoss(lcfg["temperature"], lcfg["learn_temperature"], lcfg["max_logit_scale"], lcfg["negatives"])
+        hidden = self.backbone.text_width
+        if "otm" in self.terms:
+            self.vtm_head = nn.Linear(hidden, 2)
+        if "mlm" in self.terms:
+            self.mlm_head = TiedMLMHead(self.backbone.clip.bert.embeddings.word_embeddings, hidden)
+            self.mlm_prob, self.mask_id, self.special_ids = p["mlm_prob"], mask_id, tuple(special_ids)
+        if "epl" in self.terms:
+            if prompts is None or len(prompts) != NUM_LEVELS:
+                raise ValueError(f"EPL needs the prompts of the {NUM_LEVELS} entity levels")
+            for level, (ids, mask) in enumerate(prompts, start=1):
+                self.register_buffer(f"prompt_ids_{level}", ids, persistent=False)
+                self.register_buffer(f"prompt_mask_{level}", mask, persistent=False)
+            self.entity_head = EntityClassifier(hidden, [len(ids) for ids, _ in prompts])
+        self.towers_frozen = "vtc" not in self.terms
+        if self.towers_frozen:
+            # stage 2: only the fusion encoder and the EPL head learn; tau only scales the pseudo-labels
+            self.backbone.requires_grad_(False)
+            self.vtc.requires_grad_(False)
+        self._entity_cache = None
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.towers_frozen:
+            self.backbone.eval()
+        return self
+
+    def _encode(self, frames, text_ids, text_mask):
+        b, t = frames.shape[:2]
+        h, tokens = self.backbone.encode_frames(frames.flatten(0, 1))
+        v = h.view(b, t, -1).mean(dim=1)
+        t_cls, _, states = self.backbone.encode_text(text_ids, text_mask, keep_layer=self.fusion.start_layer)
+        return v, tokens.view(b, t, *tokens.shape[1:]), t_cls, states
+
+    def entity_embeddings(self):
+        """e^l [M_l, D] for each level: the text tower's projected [CLS] of the prompts, without gradient;
+        computed once while the towers are frozen, every step while they learn."""
+        if self._entity_cache is not None:
+            return self._entity_cache
+        with torch.no_grad():
+            embeddings = [self.backbone.encode_text(getattr(self, f"prompt_ids_{level}"),
+                                                    getattr(self, f"prompt_mask_{level}"))[0]
+                          for level in range(1, NUM_LEVELS + 1)]
+        if self.towers_frozen:
+            self._entity_cache = embeddings
+        return embeddings
+
+    def forward(self, batch):
+        missing = [k for k in BATCH_KEYS if k not in batch]
+        if missing:
+            raise KeyError(f"pre-training batch lacks {missing}; expected keys {list(BATCH_KEYS)}")
+        frames, ids, mask = batch["frames"], batch["text_ids"], batch["text_mask"]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.towers_frozen):
+            v, tokens, t_cls, states = self._encode(frames, ids, mask)
+        terms, stats = {}, {}
+        if "vtc" in self.terms:
+            terms["vtc"], sim = self.vtc(v, t_cls)
+            neg_text, neg_visual = sample_hard_negatives(sim, sim.t())
+            vi, ti = vtm_pairs(neg_text, neg_visual)
+            fused = self.fusion.encode_tokens(states[ti], mask[ti], tokens[vi])
+            terms["otm"] = vtm_loss(self.vtm_head(fused[:, 0]))
+            u = fused[:len(ids)]  # the positive pairs come first
+        else:
+            u = self.fusion.encode_tokens(states, mask, tokens)
+        if "mlm" in self.terms:
+            masked, labels = mask_tokens(ids, mask, self.mask_id, self.mlm_head.decoder.weight.shape[0],
+                                         self.special_ids, self.mlm_prob)
+            masked_states = self.backbone.encode_text(masked, mask, keep_layer=self.fusion.start_layer)[2]
+            fused = self.fusion.encode_tokens(masked_states, mask, tokens)
+            chosen = labels != IGNORE_INDEX
+            terms["mlm"] = mlm_loss(self.mlm_head(fused[chosen]), labels[chosen])
+        if "epl" in self.terms:
+            targets = pseudo_labels(v, self.entity_embeddings(), self.vtc.scale().detach())
+            w_t = progressive_weight(int(batch["epoch"]), self.alpha)
+            terms["epl"] = epl_loss(self.entity_head(u, mask), targets, w_t)
+            stats["stat_epl_w_t"] = torch.tensor(w_t)
+        out = pretrain_loss(terms, self.weights)
+        out["logit_scale"] = self.vtc.scale().detach()
+        out.update(stats)
+        return out
+
+    def param_groups(self, cfg):
+        """Optimizer groups "visual" (train.lr_visual) and "other" (train.lr); frozen parameters left out."""
+        tcfg = cfg["train"]
+        groups = {"visual": [], "other": []}
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                groups["visual" if name.startswith("backbone.clip.visual.") else "other"].append(p)
+        lrs = {"visual": tcfg["lr_visual"], "other": tcfg["lr"]}
+        return [{"name": n, "params": ps, "lr": lrs[n], "weight_decay": tcfg["weight_decay"]}
+                for n, ps in groups.items() if ps]
