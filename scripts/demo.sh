@@ -13,13 +13,7 @@ PY=.venv/bin/python
 CONFIG=configs/demo.yaml
 OUT=outputs/demo
 
-if [ ! -d data/mini ]; then
-    # written aside and moved into place, so an interrupted generation is never taken for a dataset
-    rm -rf data/mini.partial
-    $PY scripts/make_mini_dataset.py --out data/mini.partial
-    mv data/mini.partial data/mini
-fi
-$PY -m datasets.validate data/mini --max-items 200
+PY=$PY sh scripts/mini_dataset.sh
 
 NPROC_PER_NODE=2 sh train.sh "$CONFIG" "output_dir=$OUT" "$@"
 
