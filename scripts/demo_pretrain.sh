@@ -23,7 +23,7 @@ $PY scripts/pseudo_label_accuracy.py --config "$PRE" --name "before stage 1" | t
 NPROC_PER_NODE=2 sh train.sh "$PRE" "output_dir=$OUT/stage1"
 $PY scripts/pseudo_label_accuracy.py --config "$PRE" --checkpoint "$OUT/stage1/checkpoint_latest.pth.tar" \
     --name "after stage 1" | tee -a "$OUT/pseudo_labels.txt"
-NPROC_PER_NODE=2 sh train.sh "$PRE" pretrain.stage=2 train.epochs=5 "output_dir=$OUT/stage2" \
+NPROC_PER_NODE=2 sh train.sh "$PRE" pretrain.stage=2 train.epochs=10 "output_dir=$OUT/stage2" \
     "init_from=$OUT/stage1/checkpoint_latest.pth.tar"
 
 NPROC_PER_NODE=2 sh train.sh "$FT" output_dir=outputs/demo

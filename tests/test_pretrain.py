@@ -154,6 +154,25 @@ def test_killed_while_writing_a_checkpoint_then_resumed_is_exact(joint, mini_roo
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_two_process_pretraining_checkpoint_resumes_in_one_process(mini_root, tmp_path, free_port):
+    out = str(tmp_path)
+    cmd = ["sh", os.path.join(REPO, "train.sh"), CONFIG, *overrides(mini_root, out, "train.max_steps=2")]
+    env = dict(os.environ, NPROC_PER_NODE="2", MASTER_PORT=str(free_port), OMP_NUM_THREADS="1")
+    two = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    saved = latest(out)
+    assert (saved["world_size"], saved["global_step"], len(saved["rng"])) == (2, 2, 2)
+    # the same share of the epoch in 1 process
+    one_len = len(build_pretrain_loader(config(mini_root, out), 0, 1)[0])
+    start = round(2 * one_len / saved["epoch_lengths"][0])
+    result = train(config(mini_root, out, f"train.max_steps={start + 2}"))
+    resumed = latest(out)
+    assert (result["global_step"], resumed["world_size"], resumed["epoch"], resumed["step_in_epoch"]) == (
+        start + 2, 1, 0, start + 2)
+    assert sorted(read_metrics(os.path.join(out, "metrics.jsonl"))) == [1, 2, start + 1, start + 2]
+    assert {int(v["step"]) for v in resumed["optimizer"]["state"].values()} == {4}
+
+
 def test_retrieval_model_starts_from_the_pretrained_towers_and_fusion(stage1, mini_root, tmp_path):
     demo = os.path.join(REPO, "configs", "demo.yaml")
     cfg = load_config(demo, [f"data.root={mini_root}", f"output_dir={tmp_path}",
