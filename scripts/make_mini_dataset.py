@@ -53,6 +53,11 @@ the first `num_raw_videos` [8] training videos (all with -1) also exist as
 
 The list files get the default names of configs/base.yaml (data.train_file, data.test_files).
 
+Pre-training entities follow the hidden concept, coarse to fine: level 1 the category's group
+(家居用品, 4 entities), level 2 the category (杯子, 8), level 3 colour and category (红色杯子, 64),
+so that level 2 and 3 are visible in the images; entities/mini_item_level3.tsv records every
+item's level-3 entity for the demo's check of EPL's pseudo-labels.
+
 Every random choice comes from generators seeded by (seed, item), so the same seed
 gives byte-identical files.
 """

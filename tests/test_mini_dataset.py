@@ -208,3 +208,25 @@ def test_goods_image_shows_the_concept_colour():
     for seed in range(5):
         img = render_goods((0, 0, 0, 0), random.Random(seed), 64)  # a plain red circle
         assert share_near(img, red) > 0.1 and share_near(img, blue) < 0.01
+
+
+def test_entities_go_coarse_to_fine_along_the_hidden_concept(mini_root):
+    from datasets.annotations import read_entities
+    from scripts.make_mini_dataset import TRUTH_FILE
+
+    paths = DatasetPaths(mini_root)
+    level1, level2, level3 = (read_entities(paths.entities_file(k)) for k in (1, 2, 3))
+    assert (len(level1), len(level2), len(level3)) == (4, len(CATEGORIES), len(CATEGORIES) * len(COLOURS))
+    with open(os.path.join(paths.entities_dir, TRUTH_FILE), encoding="utf-8") as f:
+        truth = {(d, int(p)): e for d, p, e in (line.rstrip("\n").split("\t") for line in f)}
+    train = parse_train_file(paths.train_file)
+    items = {("goods", p) for q in train for p in q.goods} | {("video", p) for q in train for p in q.videos}
+    assert items <= set(truth)
+    for (domain, pid), entity in truth.items():
+        assert entity in level3
+        # a level-3 entity is a colour word and the level-2 category of the item, which its goods text names
+        category = next(c for c in level2 if entity.endswith(c))
+        assert entity[:-len(category)] in {words[0] for _, words in COLOURS}
+        if domain == "goods" and ("goods", pid) in items:
+            named = read_goods_text(paths.text_path("goods", pid))["entity"]
+            assert named in (category, "")  # "": one of the texts cut short on purpose
