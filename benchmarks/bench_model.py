@@ -114,7 +114,7 @@ def main():
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"model: {n_params / 1e6:.1f} M parameters ({trainable / 1e6:.1f} M trainable); batch: {BATCH} videos x {FRAMES} frames "
           f"{tuple(batch['frames'].shape[-2:])} px, text {batch['text_ids'].shape[1]} tokens, queries {batch['query_ids'].shape[1]} tokens"
-          + (f"; entity prompts per level {entities}" if args.task in STAGES else ""))
+          + (f"; entity prompts per level {entities}" if args.task == "pretrain2" else ""))
 
     with FlopCounterMode(display=False) as counter:
         step(model, batch)
