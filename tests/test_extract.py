@@ -57,6 +57,7 @@ def _worker(rank, world_size, port, root):
     try:
         extract_features(TinyEncoder(), TinyItems(), _dirs(root), rank=rank, world_size=world_size, batch_size=2,
                          dtype="float32", meta={"checkpoint": "a"})
+        dist.barrier()  # neither rank tears down gloo while the other still uses it
     finally:
         dist.destroy_process_group()
 

@@ -98,6 +98,7 @@ def _worker(rank, world, port, symmetric, out_path):
             dist.all_reduce(g)
         if rank == 0:
             torch.save({"loss": loss / world, "grads": [g / world for g in grads]}, out_path)
+        dist.barrier()  # neither rank tears down gloo while the other still uses it
     finally:
         dist.destroy_process_group()
 

@@ -210,6 +210,7 @@ def _vtc_worker(rank, world, port, out_path):
             dist.all_reduce(g)
         if rank == 0:
             torch.save({"loss": loss / world, "grads": [g / world for g in grads], "sim": sim}, out_path)
+        dist.barrier()  # neither rank tears down gloo while the other still uses it
     finally:
         dist.destroy_process_group()
 

@@ -255,6 +255,7 @@ def test_ranks_resume_from_the_checkpoint_rank_0_chose(tmp_path):
         dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{_free_port()}", rank=rank, world_size=2)
         path, state = resolve_resume("auto", [{str(views[0])!r}, {str(views[1])!r}][rank], rank, 2)
         print(path, state["global_step"])
+        dist.barrier()  # neither rank tears down gloo while the other still uses it
         dist.destroy_process_group()
     """)
     procs = [subprocess.Popen([sys.executable, "-c", script, str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
