@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from engine import TASKS, NonFiniteLoss, train
+from engine import TASKS, NonFiniteLoss, RunDirError, train
 from utils import checkpoint as ckpt
 from utils.config import ConfigError, load_config
 from utils.distributed import UnsupportedGPU, cleanup
@@ -124,10 +124,10 @@ def main(argv=None):
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except (UnsupportedGPU, ckpt.WeightsMismatch) as e:
+    except (UnsupportedGPU, ckpt.WeightsMismatch, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLoss as e:
+    except (NonFiniteLoss, ckpt.CheckpointWriteError) as e:
         log.error("%s", e)
         return 1
     return 0

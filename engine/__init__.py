@@ -1,16 +1,25 @@
 """The training engine shared by the tasks of `task` (engine.tasks): `train(cfg)` runs or continues one run."""
+import logging
+
 import torch
 
+from engine.run_dir import RunDirError, check_continuation, finished, lock_run_dir
 from engine.tasks import TASKS, get_task
-from engine.trainer import NonFiniteLoss, Trainer
+from engine.trainer import NonFiniteLoss, Trainer, resolve_resume
+from utils.checkpoint import TrainingCheckpoint
 from utils.config import ConfigError
 from utils.distributed import amp_error, cleanup, init_distributed
+from utils.logging import setup_logger
+
+log = logging.getLogger("qcd")
 
 
 def train(cfg, build_model=None):
     """Run (or continue) training as configured. Returns {"global_step", "checkpoint"}.
 
-    `build_model(cfg)` replaces the task's model builder (tests wrap it to inject faults).
+    Nothing is written to output_dir before this run holds its lock and any checkpoint it would
+    continue from is known to belong to it (engine.run_dir). `build_model(cfg)` replaces the
+    task's model builder (tests wrap it to inject faults).
     """
     task = get_task(cfg["task"])
     if build_model is not None:
@@ -19,15 +28,29 @@ def train(cfg, build_model=None):
     if t["threads"]:
         torch.set_num_threads(t["threads"])
     rank, _, world_size, device = init_distributed(cfg)
-    if device.type == "cuda":
-        problem = amp_error(t["amp"], torch.cuda.get_device_capability(device), torch.cuda.get_device_name(device))
-        if problem:
-            cleanup()
-            raise ConfigError(problem)
+    lock = None
     try:
-        return Trainer(cfg, task, rank, world_size, device).run()
+        if device.type == "cuda":
+            problem = amp_error(t["amp"], torch.cuda.get_device_capability(device), torch.cuda.get_device_name(device))
+            if problem:
+                raise ConfigError(problem)
+        setup_logger(rank)
+        lock = lock_run_dir(cfg["output_dir"], rank, world_size)
+        path, state = resolve_resume(cfg["resume"], cfg["output_dir"], rank, world_size)
+        if state is not None:
+            state = TrainingCheckpoint.from_dict(state)
+            check_continuation(state.config, cfg, path)
+            if finished(state, cfg, world_size):
+                log.info("%s is a finished run (global step %d, epoch %d of %d): nothing to do. To train on, "
+                         "raise train.max_steps, or start another run in another output_dir", path,
+                         state.global_step, state.epoch, t["epochs"])
+                return {"global_step": state.global_step, "checkpoint": path}
+        setup_logger(rank, cfg["output_dir"])
+        return Trainer(cfg, task, rank, world_size, device, path, state).run()
     finally:
+        if lock is not None:
+            lock.release()
         cleanup()
 
 
-__all__ = ["NonFiniteLoss", "TASKS", "Trainer", "train"]
+__all__ = ["NonFiniteLoss", "RunDirError", "TASKS", "Trainer", "train"]

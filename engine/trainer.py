@@ -17,10 +17,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from engine.run_dir import RunDirError
 from utils import checkpoint as ckpt
 from utils.config import save_config
 from utils.distributed import barrier
-from utils.logging import Meter, MetricsLog, setup_logger
+from utils.logging import Meter, MetricsLog
 from utils.schedule import WARMUP_WARN_SHARE, LinearWarmupDecay
 from utils.seed import get_rng_state, seed_data, seed_model_init, set_rng_state
 
@@ -36,26 +37,6 @@ def build_optimizer(cfg, model):
     t = cfg["train"]
     cls = torch.optim.AdamW if t["optimizer"] == "adamw" else torch.optim.Adam
     return cls(model.param_groups(cfg), lr=t["lr"], weight_decay=t["weight_decay"])
-
-
-def _flatten(cfg, prefix=""):
-    for k, v in cfg.items():
-        if isinstance(v, dict) and v:
-            yield from _flatten(v, prefix + k + ".")
-        else:
-            yield prefix + k, v
-
-
-# keys that may change between a run and its continuation without changing the run
-RESUME_FREE_KEYS = {"resume", "output_dir", "config_path", "train.max_steps", "train.log_every", "train.threads",
-                    "train.save_every_steps", "train.keep_last", "data.num_workers"}
-
-
-def config_changes(old, new):
-    """'key: old -> new' for each setting that differs between a checkpoint's config and this run's."""
-    a, b = dict(_flatten(old)), dict(_flatten(new))
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
-            if a.get(k) != b.get(k) and k not in RESUME_FREE_KEYS]
 
 
 def _group_name(group, i):
@@ -147,18 +128,18 @@ class Trainer:
     """One training run of `task` (engine.tasks.Task) on this process: `run()` trains to the end
     of the schedule (or train.max_steps) and returns {"global_step", "checkpoint"}."""
 
-    def __init__(self, cfg, task, rank, world_size, device):
+    def __init__(self, cfg, task, rank, world_size, device, resume_path=None, state=None):
+        """`resume_path`, `state`: the checkpoint (a TrainingCheckpoint) to continue from, already checked
+        against cfg (engine.train), or None."""
         self.cfg, self.t = cfg, cfg["train"]
         self.rank, self.world_size, self.device = rank, world_size, device
         self.main = rank == 0
         self.out_dir = cfg["output_dir"]
-        setup_logger(rank, self.out_dir)
         if self.main:
             save_config(cfg, os.path.join(self.out_dir, "config.yaml"))
 
         seed_model_init(cfg["seed"])
         self.model = task.build_model(cfg).to(device)
-        resume_path, state = resolve_resume(cfg["resume"], self.out_dir, rank, world_size)
         if resume_path is None and cfg["init_from"]:
             report = ckpt.load_init_weights(self.model, cfg["init_from"], strict=cfg["init_strict"])
             log_init_from(report, cfg["init_from"])
@@ -175,7 +156,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step, self.rng_states = 0, 0, 0, None
         self.last_ckpt, self.last_saved_step = resume_path, None
         if state is not None:
-            self._restore(ckpt.TrainingCheckpoint.from_dict(state), resume_path)
+            self._restore(state, resume_path)
         elif cfg["resume"] == "auto":
             log.info("resume=auto: no checkpoint in %s, starting from scratch", self.out_dir)
         self._set_aside_later_checkpoints()
@@ -199,16 +180,15 @@ class Trainer:
         return lengths
 
     def _restore(self, state, path):
-        self.model.load_state_dict(state.model)
+        try:
+            ckpt.load_model_weights(self.model, path, state=state.model)
+        except ckpt.WeightsMismatch as e:
+            raise RunDirError(f"{e}\nThis checkpoint cannot continue the run: pick another output_dir, or pass "
+                              "resume=null to start afresh") from None
         self.optimizer.load_state_dict(state.optimizer)
         load_scaler_state(self.scaler, state.scaler)
         self.scheduler.load_base_lrs(state.scheduler)
         self.epoch, self.step_in_epoch, self.global_step = state.epoch, state.step_in_epoch, state.global_step
-        changes = config_changes(state.config, self.cfg)
-        if changes:
-            # the optimizer's lrs and hyper-parameters come back from the checkpoint, whatever the config says
-            log.warning("config differs from the checkpoint's (optimizer settings are the checkpoint's): %s",
-                        "; ".join(changes))
         self._renumber(state)
         self.last_saved_step = self.global_step
         if len(state.rng) == self.world_size:
@@ -247,13 +227,23 @@ class Trainer:
         else:
             epoch, step = self.epoch, self.step_in_epoch
         rng = gather_rng(self.world_size)  # every rank takes part; rank 0 writes
+        error = None
         if self.main:
-            ckpt.save_checkpoint(ckpt.TrainingCheckpoint(
-                model=ckpt.unwrap(self.model).state_dict(), optimizer=self.optimizer.state_dict(),
-                scaler=self.scaler.state_dict(), scheduler=self.scheduler.state_dict(), epoch=epoch,
-                step_in_epoch=step, global_step=self.global_step, rng=rng, config=self.cfg,
-                world_size=self.world_size, batch_size=self.t["batch_size"], epoch_lengths=self.epoch_lengths),
-                self.out_dir, self.t["keep_last"])
+            try:
+                ckpt.save_checkpoint(ckpt.TrainingCheckpoint(
+                    model=ckpt.unwrap(self.model).state_dict(), optimizer=self.optimizer.state_dict(),
+                    scaler=self.scaler.state_dict(), scheduler=self.scheduler.state_dict(), epoch=epoch,
+                    step_in_epoch=step, global_step=self.global_step, rng=rng, config=self.cfg,
+                    world_size=self.world_size, batch_size=self.t["batch_size"], epoch_lengths=self.epoch_lengths),
+                    self.out_dir, self.t["keep_last"])
+            except ckpt.CheckpointWriteError as e:
+                error = e.strerror
+        if self.world_size > 1:  # the other ranks stop too, rather than wait for rank 0 in the next step
+            shared = [error]
+            dist.broadcast_object_list(shared, src=0)
+            error = shared[0]
+        if error:
+            raise ckpt.CheckpointWriteError(f"{error}. Last good checkpoint: {self.last_ckpt or 'none'}")
         # on every rank, so that each one's messages (e.g. a non-finite loss) name the file
         self.last_ckpt = ckpt.step_path(self.out_dir, self.global_step)
         self.last_saved_step = self.global_step

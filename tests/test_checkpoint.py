@@ -122,7 +122,8 @@ def test_load_model_weights_reports_what_it_did_not_load(tmp_path):
     torch.save({"state_dict": state}, tmp_path / "c.pth.tar")
     dst = Net(width=5)
     before = {k: v.clone() for k, v in dst.state_dict().items()}
-    with pytest.raises(RuntimeError, match="does not match the model"):
+    with pytest.raises(ckpt.WeightsMismatch, match=r"does not fit the model of this config: 1 unexpected \(first: extra\); "
+                       r"3 mismatched \(first: a.bias: checkpoint \(4,\) vs model \(5,\), a.weight"):
         ckpt.load_model_weights(dst, str(tmp_path / "c.pth.tar"))
     report = ckpt.load_model_weights(dst, str(tmp_path / "c.pth.tar"), strict=False)
     # a.weight [4,4] vs [5,4], a.bias [4] vs [5], b.weight [2,4] vs [2,5] differ; only b.bias fits

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import main_cross_domain_emb as entry
-from engine.trainer import config_changes
+from engine.run_dir import config_changes
 from utils.config import ConfigError, load_config, save_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -66,9 +66,21 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, quota, ...); its partial file has been removed."""
+
+
 def _write_atomic(obj, path, global_step=None):
     tmp = path + ".tmp"
-    torch.save(obj, tmp)
+    try:
+        # through a Python file, so that a full disk raises OSError(ENOSPC) rather than torch's basic_ios::clear
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+    except OSError as e:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise CheckpointWriteError(e.errno, f"{e.strerror or e} while writing {path}; the partial file was removed "
+                                            "and the checkpoints written before it are kept") from None
     if global_step is not None and os.environ.get(KILL_ENV) == str(global_step):
         with open(tmp, "r+b") as f:
             f.truncate(os.path.getsize(tmp) // 2)
@@ -85,7 +97,13 @@ def _link_or_copy(src, dst):
     try:
         os.link(src, tmp)
     except OSError:
-        shutil.copyfile(src, tmp)
+        try:
+            shutil.copyfile(src, tmp)
+        except OSError as e:
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+            raise CheckpointWriteError(e.errno, f"{e.strerror or e} while copying {src} to {dst}; the partial file "
+                                                "was removed") from None
     os.replace(tmp, dst)
 
 
@@ -214,18 +232,22 @@ def _match(model, state):
     }
 
 
-def load_model_weights(model, path, strict=True):
-    """Load the model weights of a checkpoint (ours, or any file with a `state_dict`) into `model`.
+def load_model_weights(model, path, strict=True, state=None):
+    """Load the model weights of a checkpoint (ours, or any file with a `state_dict`) into `model`;
+    `state`: that file's model state dict when it is already in memory.
 
-    strict=True: every parameter must be present with the same shape. strict=False: load what
-    matches and return a report {"loaded", "missing", "unexpected", "mismatched"} of the rest.
+    strict=True: every parameter must be present with the same shape, else a WeightsMismatch that
+    counts and names the first differences. strict=False: load what matches and return a report
+    {"loaded", "missing", "unexpected", "mismatched"} of the rest.
     """
     model = unwrap(model)
-    matching, report = _match(model, _read_state(path))
+    matching, report = _match(model, _read_state(path) if state is None else _model_state(state, path))
     if strict and (report["missing"] or report["unexpected"] or report["mismatched"]):
-        parts = [f"{name}: {report[name][:5]}{' ...' if len(report[name]) > 5 else ''}"
-                 for name in ("missing", "unexpected", "mismatched") if report[name]]
-        raise RuntimeError(f"{path} does not match the model ({'; '.join(parts)})")
+        wrong_shape = {m.split(":")[0] for m in report["mismatched"]}
+        found = {"missing": [k for k in report["missing"] if k not in wrong_shape],
+                 "unexpected": report["unexpected"], "mismatched": report["mismatched"]}
+        parts = [f"{len(keys)} {name} (first: {', '.join(keys[:3])})" for name, keys in found.items() if keys]
+        raise WeightsMismatch(f"{path} does not fit the model of this config: {'; '.join(parts)}")
     model.load_state_dict(matching, strict=False)
     return report
 

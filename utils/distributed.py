@@ -8,6 +8,9 @@ SLURM_LOCALID and MASTER_ADDR / MASTER_PORT must be exported by the batch script
 import datetime
 import os
 import re
+import sys
+import threading
+import time
 
 import torch
 import torch.distributed as dist
@@ -57,6 +60,22 @@ def _ranks_from_env(env):
     return 0, 0, 1, "single"
 
 
+def watch_launcher(interval=2.0):
+    """Stop this process when the launcher that started it (torchrun) dies: a `kill -9` of torchrun
+    would otherwise leave its workers training, reparented to init. A daemon thread polls the
+    parent pid (PR_SET_PDEATHSIG is not used: it fires when the parent *thread* that forked us ends)."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(interval)
+        sys.stderr.write(f"launcher (pid {parent}) is gone: stopping worker {os.getpid()}\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()
+
+
 def pick_backend(requested, cuda_available):
     if requested == "auto":
         return "nccl" if cuda_available else "gloo"
@@ -69,6 +88,8 @@ def init_distributed(cfg, env=None):
     """Join the process group (if there is more than one process). Returns (rank, local_rank, world_size, device)."""
     env = os.environ if env is None else env
     rank, local_rank, world_size, source = _ranks_from_env(env)
+    if source == "torchrun" and env is os.environ:
+        watch_launcher()
     cuda = torch.cuda.is_available()
     # plain srun may bind each task to its own GPU(s), so SLURM_LOCALID can exceed the visible devices
     gpu = local_rank % torch.cuda.device_count() if cuda and source == "slurm" else local_rank
