@@ -12,6 +12,7 @@ Feature files: `.npy` + ids file (one id per line), or the authors' text format
 extracts the fused, visual and text features in one pass and scores each.
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -19,7 +20,7 @@ import sys
 import numpy as np
 
 from evaluate.extract import FEATURES, extract_features, merged_paths
-from evaluate.features import load_features
+from evaluate.features import NonFiniteFeatures, load_features
 from evaluate.metrics import recall_at_k
 from evaluate.search import search
 from evaluate.table import load_results, print_row, table_row, write_row
@@ -49,16 +50,22 @@ def data_paths(cfg):
     return DatasetPaths.from_config(cfg["data"])
 
 
-def features_made_by(cfg):
-    """What the features depend on; a feature folder made by anything else is not reused (evaluate/extract.py).
-    The checkpoint's size and modification time tell a retrained `checkpoint_latest` from the old one."""
+def file_digest(path):
+    """sha256 of a file's contents (a retrained checkpoint_latest or an edited list under the same name)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def features_made_by(cfg, list_path):
+    """Everything the features of `list_path` depend on; a feature folder made from anything else is
+    computed again (evaluate/extract.py)."""
     checkpoint = cfg["eval"]["checkpoint"]
-    stamp = None
-    if checkpoint:
-        st = os.stat(checkpoint)
-        stamp = {"bytes": st.st_size, "mtime": st.st_mtime}
-    data = {k: cfg["data"][k] for k in ("image_size", "num_frames", "text_max_len", "frame_source")}
-    return {"checkpoint": os.path.abspath(checkpoint) if checkpoint else None, "checkpoint_stamp": stamp,
+    data = {k: cfg["data"][k] for k in ("dataset", "image_size", "num_frames", "text_max_len", "frame_source",
+                                        "skip_unreadable_eval")}
+    data["root"] = os.path.abspath(cfg["data"]["root"])
+    return {"checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
+            "checkpoint_sha256": file_digest(checkpoint) if checkpoint else None,
+            "list": os.path.abspath(list_path), "list_sha256": file_digest(list_path),
             "seed": cfg["seed"], "model": cfg["model"], "data": data}
 
 
@@ -92,7 +99,7 @@ def extract(cfg):
             {f: os.path.join(out_dir(cfg, f), side) for f in feature_names(cfg)},
             rank=rank, world_size=world_size, device=device, batch_size=cfg["eval"]["batch_size"],
             num_workers=cfg["data"]["num_workers"], dtype=cfg["eval"]["dtype"], collate_fn=collate_eval,
-            meta=dict(features_made_by(cfg), list=os.path.abspath(list_path)),
+            meta=features_made_by(cfg, list_path),
             desc=f"{direction} {side}")
     return rank
 
@@ -110,8 +117,10 @@ def search_and_score(query_feats, query_ids, gallery_feats, gallery_ids, gt_path
                "num_gallery": len(gids)}
     out = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(out, exist_ok=True)
+    # faiss marks a missing neighbour with row -1, which must stay -1 rather than index the last gallery id
+    ranked_ids = np.where(rows >= 0, np.asarray(gids, dtype=np.int64)[rows], -1)
     np.savez(os.path.join(out, "ranking.npz"), query_ids=np.asarray(qids, dtype=np.int64),
-             gallery_ids=np.asarray(gids, dtype=np.int64)[rows], scores=scores)
+             gallery_ids=ranked_ids, scores=scores)
     with open(out_path, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
     return results
@@ -235,5 +244,5 @@ if __name__ == "__main__":
         sys.exit(main())
     except ConfigError as e:
         sys.exit(f"config error: {e}")
-    except (UnsupportedGPU, FileNotFoundError) as e:
+    except (UnsupportedGPU, FileNotFoundError, NonFiniteFeatures) as e:
         sys.exit(f"error: {e}")

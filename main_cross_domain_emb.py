@@ -94,8 +94,12 @@ def evaluate(cfg):
     except ImportError as e:
         print(f"--evaluate: the feature extraction of evaluation.py is not available ({e})", file=sys.stderr)
         return 1
+    from evaluate.features import NonFiniteFeatures
     try:
         extract(cfg)
+    except NonFiniteFeatures as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         cleanup()
     return 0

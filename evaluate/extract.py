@@ -4,9 +4,10 @@ Each rank encodes its share of an item list (torch's DistributedSampler without 
 the list is padded by repeating its first items so every rank gets the same number) and
 writes `<dir>/shard_<rank>_of_<world>.npy` with `shard_<rank>_of_<world>_ids.txt` (list index
 and pid per row). Rank 0 then keeps each list index once, in list order, and writes
-`<dir>/feats.npy` + `<dir>/ids.txt`. A rerun skips shards already on disk, and a
-`meta.json` ties a folder to the checkpoint and list it was extracted from, so stale
-features are never mixed with new ones.
+`<dir>/feats.npy` + `<dir>/ids.txt`. A `meta.json` records everything the features were made
+from (evaluation.features_made_by); a rerun with the same record skips what is on disk, any
+other record clears the folder and computes again, so stale features are never reused. A
+non-finite feature stops extraction naming the list line of its item.
 """
 import json
 import os
@@ -18,7 +19,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from evaluate.features import merge_shards, read_shard, save_features, write_shard
+from evaluate.features import NonFiniteFeatures, merge_shards, read_shard, save_features, write_shard
 
 FEATURES = ("fused", "visual", "text")
 
@@ -37,18 +38,22 @@ def _barrier():
         dist.barrier()
 
 
-def _check_meta(out_dir, meta):
+def _stale_keys(out_dir, meta):
+    """None when out_dir's meta.json equals `meta` (its features may be reused), else the keys that differ."""
     path = os.path.join(out_dir, "meta.json")
     if not os.path.exists(path):
-        return False
+        return ["meta.json missing"]
     with open(path, encoding="utf-8") as f:
         old = json.load(f)
-    if old != meta:
-        changed = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
-        raise RuntimeError(f"{out_dir} holds features of another run ({', '.join(changed)} differ: "
-                           f"{ {k: old.get(k) for k in changed} } on disk vs { {k: meta.get(k) for k in changed} }); "
-                           "delete the folder or set another eval.out_dir")
-    return True
+    changed = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+    return changed or None
+
+
+def _clear(out_dir):
+    """Remove the feature files of out_dir (merged and shards of any world size)."""
+    for name in os.listdir(out_dir):
+        if name.startswith("shard_") or name in map(os.path.basename, merged_paths(out_dir)) or name == "meta.json":
+            os.remove(os.path.join(out_dir, name))
 
 
 def _write_meta(out_dir, meta):
@@ -68,14 +73,24 @@ def _encode_shard(model, dataset, features, rank, world_size, device, batch_size
     feats = {f: [] for f in features}
     indices, pids = [], []
     start = time.time()
+    source = getattr(dataset, "list_path", type(dataset).__name__)
     with tqdm(total=len(sampler), desc=desc, unit="item", disable=rank != 0, dynamic_ncols=True) as bar:
         for batch in loader:
             out = model.encode_item(batch["frames"].to(device, non_blocking=True), batch["text_ids"].to(device),
                                     batch["text_mask"].to(device))
+            batch_index = torch.as_tensor(batch["index"]).tolist()
+            batch_pid = torch.as_tensor(batch["pid"]).tolist()
             for f in features:
-                feats[f].append(out[f].float().cpu().numpy())
-            indices.extend(torch.as_tensor(batch["index"]).tolist())
-            pids.extend(torch.as_tensor(batch["pid"]).tolist())
+                array = out[f].float().cpu().numpy()
+                bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+                if bad.size:
+                    raise NonFiniteFeatures(
+                        f"{source}: non-finite {f} feature for the item on line {batch_index[bad[0]] + 1} "
+                        f"(pid {batch_pid[bad[0]]}; {bad.size} of the batch's {len(array)} items); extraction "
+                        "stopped. Check that item's files and the checkpoint")
+                feats[f].append(array)
+            indices.extend(batch_index)
+            pids.extend(batch_pid)
             bar.update(len(batch["frames"]))
     if rank == 0:
         seconds = time.time() - start
@@ -97,18 +112,34 @@ def extract_features(model, dataset, out_dirs, rank=0, world_size=1, device="cpu
     meta = dict(meta or {}, num_items=len(dataset), dtype=dtype)
     for d in out_dirs.values():
         os.makedirs(d, exist_ok=True)
-    had_meta = {f: _check_meta(d, meta) for f, d in out_dirs.items()}
-    done = {f for f, d in out_dirs.items() if had_meta[f] and all(map(os.path.exists, merged_paths(d)))}
+    stale = {f: _stale_keys(d, meta) for f, d in out_dirs.items()}
+    _barrier()  # every rank has read meta.json before rank 0 rewrites it
+    if rank == 0:
+        for f, keys in stale.items():
+            if keys:
+                if os.path.exists(os.path.join(out_dirs[f], "meta.json")):
+                    print(f"{desc}: {out_dirs[f]} holds {f} features made from other inputs ({', '.join(keys)} "
+                          "differ): computing them again", flush=True)
+                _clear(out_dirs[f])
+                _write_meta(out_dirs[f], meta)
+    _barrier()
+    done = {f for f, d in out_dirs.items() if all(map(os.path.exists, merged_paths(d)))}
     todo = [f for f in out_dirs if f not in done
             and not all(map(os.path.exists, shard_paths(out_dirs[f], rank, world_size)))]
-    _barrier()  # every rank has read meta.json before rank 0 (re)writes it
-    if rank == 0:
-        for f, d in out_dirs.items():
-            if not had_meta[f]:
-                _write_meta(d, meta)
+    error = None
     if todo:
-        feats, indices, pids = _encode_shard(model, dataset, todo, rank, world_size, device, batch_size,
-                                             num_workers, collate_fn, desc)
+        try:
+            feats, indices, pids = _encode_shard(model, dataset, todo, rank, world_size, device, batch_size,
+                                                 num_workers, collate_fn, desc)
+        except NonFiniteFeatures as e:
+            error = str(e)
+    if world_size > 1:  # a rank that stopped tells the others, which would otherwise wait for it
+        errors = [None] * world_size
+        dist.all_gather_object(errors, error)
+        error = next((e for e in errors if e), None)
+    if error:
+        raise NonFiniteFeatures(error)
+    if todo:
         for f in todo:
             write_shard(*shard_paths(out_dirs[f], rank, world_size), feats[f], indices, pids, dtype)
     elif rank == 0:

@@ -14,6 +14,10 @@ from datasets.annotations import AnnotationError, iter_lines, parse_pid
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
+class NonFiniteFeatures(ValueError):
+    """A feature row holds NaN or inf: it would be scored as if it meant something."""
+
+
 def _atomic(path, write):
     tmp = f"{path}.tmp{os.getpid()}"
     write(tmp)
@@ -95,6 +99,10 @@ def load_features(feats_path, ids_path=None):
         feats, ids = read_text_features(feats_path)
         if ids_path is not None and read_ids(ids_path) != ids:
             raise ValueError(f"{ids_path}: ids differ from the ids inside {feats_path}")
+    bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+    if bad.size:
+        raise NonFiniteFeatures(f"{feats_path}: row {bad[0] + 1} (item id {ids[bad[0]]}) holds NaN or inf values "
+                                f"({bad.size} of {len(ids)} rows do); expected finite features")
     seen = {}
     for row, pid in enumerate(ids):
         if pid in seen:

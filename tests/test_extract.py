@@ -103,8 +103,70 @@ def test_resume_skips_written_shards_and_merged_files(tmp_path):
     feats, ids = load_features(*merged_paths(dirs["fused"]))
     np.testing.assert_array_equal(feats, marker)
 
-    with pytest.raises(RuntimeError, match="checkpoint"):
-        extract_features(model, TinyItems(), dirs, dtype="float32", meta={"checkpoint": "b"})
+
+
+def test_features_made_from_other_inputs_are_computed_again(tmp_path, capsys):
+    dirs = {"fused": str(tmp_path / "fused")}
+    model = TinyEncoder()
+    extract_features(model, TinyItems(), dirs, dtype="float32", meta={"checkpoint": "a"})
+    # a stale shard of another world size must not survive either
+    write_shard(*shard_paths(dirs["fused"], 0, 2), np.zeros((1, 8)), [0], [1], "float32")
+    with torch.no_grad():
+        model.visual.mul_(-1)
+    extract_features(model, TinyItems(), dirs, dtype="float32", meta={"checkpoint": "b"})
+    assert model.calls == 2
+    assert "holds fused features made from other inputs (checkpoint differ): computing them again" in \
+        capsys.readouterr().out
+    assert sorted(os.listdir(dirs["fused"])) == ["feats.npy", "ids.txt", "meta.json"]
+    fresh = str(tmp_path / "fresh")
+    extract_features(TinyEncoder(), TinyItems(), {"fused": fresh}, dtype="float32", meta={"checkpoint": "c"})
+    assert not np.allclose(load_features(*merged_paths(dirs["fused"]))[0], load_features(*merged_paths(fresh))[0])
+
+
+class NaNAtItem(TinyEncoder):
+    def encode_item(self, frames, input_ids, attention_mask):
+        out = super().encode_item(frames, input_ids, attention_mask)
+        out["visual"][(frames[:, 0, 0, 0, 0] == NaNAtItem.marker).nonzero()] = float("nan")
+        return out
+
+
+def test_a_non_finite_feature_stops_extraction_naming_the_list_line(tmp_path):
+    from evaluate.features import NonFiniteFeatures
+
+    items = TinyItems()
+    items.list_path = "lists/query.txt"
+    NaNAtItem.marker = float(items[4]["frames"][0, 0, 0, 0])
+    with pytest.raises(NonFiniteFeatures, match=r"lists/query.txt: non-finite visual feature for the item on line 5 "
+                                                rf"\(pid {items[4]['pid']}; 1 of the batch's 2 items\)"):
+        extract_features(NaNAtItem(), items, _dirs(tmp_path), batch_size=2, dtype="float32")
+    for f in FEATURES:
+        assert sorted(os.listdir(tmp_path / f)) == ["meta.json"]  # no shard, no merged file
+
+
+def test_non_finite_rows_on_disk_are_refused_naming_file_and_row(tmp_path):
+    from evaluate.features import NonFiniteFeatures, save_features
+
+    feats = np.ones((4, 3), dtype=np.float32)
+    feats[2, 1] = np.inf
+    save_features(str(tmp_path / "f.npy"), str(tmp_path / "ids.txt"), feats, [10, 11, 12, 13])
+    with pytest.raises(NonFiniteFeatures, match=r"f.npy: row 3 \(item id 12\) holds NaN or inf values \(1 of 4"):
+        load_features(str(tmp_path / "f.npy"), str(tmp_path / "ids.txt"))
+
+
+def test_a_missing_neighbour_is_never_turned_into_a_gallery_id(tmp_path, monkeypatch):
+    import evaluation
+    from evaluate.features import save_features
+
+    save_features(str(tmp_path / "q.npy"), str(tmp_path / "q.txt"), np.eye(2, 3, dtype=np.float32), [1, 2])
+    save_features(str(tmp_path / "g.npy"), str(tmp_path / "g.txt"), np.eye(3, dtype=np.float32), [7, 8, 9])
+    (tmp_path / "gt.txt").write_text("1\t7\n2\t8\n")
+    # what an approximate index returns when it finds fewer than k neighbours
+    monkeypatch.setattr(evaluation, "search", lambda q, g, k: (np.array([[1.0, 0, -np.inf]] * 2, dtype=np.float32),
+                                                               np.array([[0, 2, -1], [1, 2, -1]])))
+    evaluation.search_and_score(str(tmp_path / "q.npy"), str(tmp_path / "q.txt"), str(tmp_path / "g.npy"),
+                                str(tmp_path / "g.txt"), str(tmp_path / "gt.txt"), str(tmp_path / "r.json"), (3,))
+    ranking = np.load(tmp_path / "ranking.npz")
+    np.testing.assert_array_equal(ranking["gallery_ids"], [[7, 9, -1], [8, 9, -1]])
 
 
 def test_evaluate_direction_on_the_mini_dataset(mini_root, tmp_path):
@@ -136,24 +198,30 @@ def test_evaluate_direction_on_the_mini_dataset(mini_root, tmp_path):
     assert (tmp_path / "eval" / "video2goods" / "fused" / "page.html").exists()
 
 
-def test_feature_folder_identity_follows_checkpoint_contents_and_model(tmp_path):
+def test_feature_folder_identity_follows_every_input_of_the_features(tmp_path):
     import os
-    import time
 
     from evaluation import features_made_by
     from utils.config import load_config
 
-    ckpt = tmp_path / "checkpoint_latest.pth.tar"
+    ckpt, lst = tmp_path / "checkpoint_latest.pth.tar", tmp_path / "query.txt"
     ckpt.write_bytes(b"first")
+    lst.write_text("1\tgoods\ta.jpg\ta.txt\n")
     cfg = load_config("configs/demo.yaml", [f"eval.checkpoint={ckpt}"])
-    before = features_made_by(cfg)
-    assert features_made_by(cfg) == before
-    ckpt.write_bytes(b"retrained")  # same path, new weights
-    os.utime(ckpt, (time.time() + 5, time.time() + 5))
-    assert features_made_by(cfg)["checkpoint_stamp"] != before["checkpoint_stamp"]
-    other = load_config("configs/demo.yaml", [f"eval.checkpoint={ckpt}", "model.video.pooling=mean"])
-    assert features_made_by(other)["model"] != features_made_by(cfg)["model"]
-    assert features_made_by(load_config("configs/demo.yaml", ["seed=1"]))["seed"] == 1
+    before = features_made_by(cfg, str(lst))
+    assert features_made_by(cfg, str(lst)) == before
+    stamp = os.stat(ckpt)
+    ckpt.write_bytes(b"second")  # same path, size and time, new weights
+    os.utime(ckpt, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert features_made_by(cfg, str(lst))["checkpoint_sha256"] != before["checkpoint_sha256"]
+    ckpt.write_bytes(b"first")
+    lst.write_text("2\tgoods\tb.jpg\tb.txt\n")  # the list edited in place
+    assert features_made_by(cfg, str(lst))["list_sha256"] != before["list_sha256"]
+    lst.write_text("1\tgoods\ta.jpg\ta.txt\n")
+    assert features_made_by(cfg, str(lst)) == before
+    for override in ("data.skip_unreadable_eval=true", "model.video.pooling=mean", "seed=1", "data.image_size=64"):
+        changed = load_config("configs/demo.yaml", [f"eval.checkpoint={ckpt}", override])
+        assert features_made_by(changed, str(lst)) != before, override
 
 
 @pytest.mark.parametrize("override,message", [
