@@ -85,7 +85,7 @@ def extract(cfg):
     model = build_model(cfg)
     checkpoint = cfg["eval"]["checkpoint"]
     if checkpoint:
-        load_model_weights(model, checkpoint)
+        load_model_weights(model, checkpoint, setting="eval.checkpoint")
     model.to(device)
     paths, direction = data_paths(cfg), cfg["eval"]["direction"]
     # the gt file too: a wrong name should stop the run before hours of extraction, not after
@@ -237,6 +237,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from utils.checkpoint import CheckpointFileError, WeightsMismatch
     from utils.config import ConfigError
     from utils.distributed import UnsupportedGPU
 
@@ -244,5 +245,5 @@ if __name__ == "__main__":
         sys.exit(main())
     except ConfigError as e:
         sys.exit(f"config error: {e}")
-    except (UnsupportedGPU, FileNotFoundError, NonFiniteFeatures) as e:
+    except (UnsupportedGPU, FileNotFoundError, NonFiniteFeatures, CheckpointFileError, WeightsMismatch) as e:
         sys.exit(f"error: {e}")

@@ -128,7 +128,7 @@ def main(argv=None):
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except (UnsupportedGPU, ckpt.WeightsMismatch, RunDirError) as e:
+    except (UnsupportedGPU, ckpt.WeightsMismatch, ckpt.CheckpointFileError, FileNotFoundError, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (NonFiniteLoss, ckpt.CheckpointWriteError) as e:

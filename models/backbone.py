@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 import cn_clip.clip
 from cn_clip.clip.model import CLIP, resize_pos_embed
 
-from utils.checkpoint import strip_module_prefix
+from utils.checkpoint import WeightsMismatch, read_torch_file, strip_module_prefix
 
 CN_CLIP_CONFIG_DIR = os.path.join(os.path.dirname(cn_clip.clip.__file__), "model_configs")
 CHECKPOINT_HELP = (
@@ -60,7 +60,8 @@ def read_checkpoint_state_dict(path):
     """The state dict of a cn_clip checkpoint: {"state_dict": ...} with or without `module.`, or a bare one."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model.backbone.pretrained: checkpoint file not found: {path}; {CHECKPOINT_HELP}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_torch_file(path, "a cn_clip release checkpoint such as clip_cn_vit-b-16.pt",
+                           "model.backbone.pretrained")
     if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
         ckpt = ckpt["state_dict"]
     if not isinstance(ckpt, dict) or not all(torch.is_tensor(v) for v in ckpt.values()):
@@ -118,7 +119,7 @@ class CNClipBackbone(nn.Module):
             lines += [f"  missing: {k}" for k in missing]
             lines += [f"  unexpected: {k}" for k in unexpected]
             lines += [f"  shape: {k} checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in wrong_shape]
-            raise ValueError("\n".join(lines))
+            raise WeightsMismatch("\n".join(lines))
         self.clip.load_state_dict({k: v.float() for k, v in state.items()})
 
     def _run(self, block, *args):

@@ -160,3 +160,24 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_removes_the_partial_file(mini
     assert state["global_step"] == 2
     assert entry.main(argv(mini_root, out, "train.max_steps=6")) == 0  # space again: it goes on from step 2
     assert ckpt.find_latest_valid(str(out))[1]["global_step"] == 6
+
+
+@pytest.mark.parametrize("kind", ["text", "foreign pickle"])
+@pytest.mark.parametrize("setting", ["model.backbone.pretrained", "init_from", "eval.checkpoint"])
+def test_a_file_that_is_not_a_checkpoint_is_named_with_its_setting(mini_root, tmp_path, setting, kind):
+    import argparse
+
+    bad = tmp_path / "weights.pt"
+    if kind == "text":
+        bad.write_text("these are not weights\n")
+    else:  # weights_only=True refuses to unpickle objects other than tensors and plain values
+        torch.save({"state_dict": argparse.Namespace(lr=1)}, bad)
+    script = "evaluation.py" if setting == "eval.checkpoint" else "main_cross_domain_emb.py"
+    cmd = [sys.executable, os.path.join(REPO, script)] + (["run"] if setting == "eval.checkpoint" else [])
+    cmd += ["--config", DEMO, f"data.root={mini_root}", f"output_dir={tmp_path / 'out'}", f"{setting}={bad}",
+            "train.max_steps=1", "data.num_workers=0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (1, 2)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {setting}={bad}: not a PyTorch checkpoint (expected "), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

@@ -208,16 +208,27 @@ def _model_state(obj, path):
     return strip_module_prefix(obj)
 
 
-def _read_state(path):
+class CheckpointFileError(ValueError):
+    """A file given as a checkpoint that torch cannot read as one."""
+
+
+def read_torch_file(path, expected, setting="checkpoint"):
+    """torch.load(path, weights_only=True) on the CPU. Every file this project reads this way (its own
+    checkpoints, cn_clip's releases, the authors' checkpoint) holds only tensors and plain values, so no
+    pickled code is ever run. Failures name `setting`, the path and what was `expected`."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"{setting}: checkpoint file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a text file, a truncated zip, a pickle of foreign objects ...
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{path}: not a PyTorch checkpoint (expected a file written by torch.save holding a "
-                         f"'model' or 'state_dict' mapping of tensors): {reason}") from None
-    return _model_state(obj, path)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointFileError(f"{setting}={path}: not a PyTorch checkpoint (expected {expected}): {reason}") \
+            from None
+
+
+def _read_state(path, setting):
+    return _model_state(read_torch_file(path, "a file written by torch.save holding a 'model' or 'state_dict' "
+                                              "mapping of tensors", setting), path)
 
 
 def _match(model, state):
@@ -232,16 +243,16 @@ def _match(model, state):
     }
 
 
-def load_model_weights(model, path, strict=True, state=None):
+def load_model_weights(model, path, strict=True, state=None, setting="checkpoint"):
     """Load the model weights of a checkpoint (ours, or any file with a `state_dict`) into `model`;
-    `state`: that file's model state dict when it is already in memory.
+    `state`: that file's model state dict when it is already in memory; `setting` names the path in errors.
 
     strict=True: every parameter must be present with the same shape, else a WeightsMismatch that
     counts and names the first differences. strict=False: load what matches and return a report
     {"loaded", "missing", "unexpected", "mismatched"} of the rest.
     """
     model = unwrap(model)
-    matching, report = _match(model, _read_state(path) if state is None else _model_state(state, path))
+    matching, report = _match(model, _read_state(path, setting) if state is None else _model_state(state, path))
     if strict and (report["missing"] or report["unexpected"] or report["mismatched"]):
         wrong_shape = {m.split(":")[0] for m in report["mismatched"]}
         found = {"missing": [k for k in report["missing"] if k not in wrong_shape],
@@ -258,7 +269,7 @@ def load_init_weights(model, path, strict=True, show=10):
     the first `show` unmatched keys; with strict=False it is only reported (report["problem"]).
     Nothing is loaded before the check passes."""
     model = unwrap(model)
-    matching, report = _match(model, _read_state(path))
+    matching, report = _match(model, _read_state(path, "init_from"))
     total = len(report["loaded"]) + len(report["missing"])
     report["problem"] = None
     if len(matching) < MIN_INIT_SHARE * total:
