@@ -14,7 +14,10 @@ from collections import namedtuple
 DOMAINS = ("goods", "video")
 
 # What the dataset receives for one sample; `epoch` makes its augmentation seed epoch-specific.
-TrainSample = namedtuple("TrainSample", "epoch query_index domain pid")
+# `batch_queries` (the query indices of its global batch), `slot` (its position there) and `slots`
+# (the global batch size) let an unreadable item be replaced without repeating a query in the batch.
+TrainSample = namedtuple("TrainSample", "epoch query_index domain pid batch_queries slot slots",
+                         defaults=(frozenset(), 0, 1))
 
 
 def cut_global_batches(by_domain, global_size, rng):
@@ -78,7 +81,9 @@ class DomainBatchSampler:
     def __iter__(self):
         lo = self.rank * self.batch_size
         for batch in self._plan[self.start_batch:]:
-            yield batch[lo:lo + self.batch_size]
+            taken = frozenset(s.query_index for s in batch)
+            yield [s._replace(batch_queries=taken, slot=lo + j, slots=len(batch))
+                   for j, s in enumerate(batch[lo:lo + self.batch_size])]
 
     def __len__(self):
         return len(self._plan) - self.start_batch

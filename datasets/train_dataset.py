@@ -7,8 +7,10 @@ sample is the same whichever worker loads it, and after a resume.
 
 An item whose image (goods) or every frame (video) cannot be read is counted, logged once per
 file, and replaced by another item of the same domain: first the query's other items of that
-domain, else items of other queries, drawn from the sample's own seed. A video frame that cannot
-be read is left out of that video's frame list.
+domain, else an item of a query absent from the global batch, drawn from the sample's own seed
+(slot s of a batch of S draws among the candidate queries s, s + S, ..., so two replacements in
+one batch never bring the same query). A video frame that cannot be read is left out of that
+video's frame list.
 """
 import logging
 import os
@@ -24,6 +26,7 @@ from datasets.transforms import TrainClipTransform
 logger = logging.getLogger(__name__)
 
 MAX_REPLACEMENTS = 50  # a sample still unreadable after this many draws points at a broken dataset
+SCRAMBLE = 2_147_483_647  # a prime: coprime with any pool size below it
 
 
 class TrainDataset:
@@ -53,6 +56,13 @@ class TrainDataset:
         self.counts = SharedCounters("unreadable_images", "replaced_samples", "unreadable_texts", "empty_texts")
         self._logged = set()  # per process: files already reported
 
+    def raw_counts(self):
+        """Event counts so far over all workers, as integers that add up across ranks: the per-epoch data
+        report of the training log (engine.trainer) takes differences of them."""
+        q, t = self.query_tokenizer.counts, self.text_tokenizer.counts
+        return {**self.counts.as_dict(), "queries": q["texts"], "queries_truncated": q["truncated"],
+                "texts": t["texts"], "texts_truncated": t["truncated"]}
+
     def stats(self):
         """Counts over all workers so far, and the share of queries and of texts cut to their max length."""
         return {**self.counts.as_dict(), "query_truncation_rate": self.query_tokenizer.truncation_rate,
@@ -75,7 +85,7 @@ class TrainDataset:
                 self._log_once(e.path, f"unreadable ({e.reason}); drawing another {sample.domain} sample")
                 tried.add(pid)
                 self.counts.add("replaced_samples")
-                query_index, pid = self._replacement(query_index, sample.domain, tried, rng)
+                query_index, pid = self._replacement(sample, query_index, tried, rng)
         else:
             raise RuntimeError(f"{MAX_REPLACEMENTS} {sample.domain} items in a row were unreadable, starting with "
                                f"pid {sample.pid}: check {self.paths.data_dir}")
@@ -89,12 +99,24 @@ class TrainDataset:
             "domain": sample.domain, "pid": pid, "query_index": query_index, "epoch": sample.epoch,
         }
 
-    def _replacement(self, query_index, domain, tried, rng):
+    def _replacement(self, sample, query_index, tried, rng):
+        domain = sample.domain
         others = [p for p in self._items(query_index, domain) if p not in tried]
         if others:
             return query_index, rng.choice(others)
-        query_index = rng.choice(self._queries_with[domain])
-        return query_index, rng.choice(self._items(query_index, domain))
+        pool = self._queries_with[domain]
+        share = range(sample.slot, len(pool), sample.slots)
+        for attempt in range(2 * MAX_REPLACEMENTS):
+            if attempt == MAX_REPLACEMENTS or not share:  # this slot's share is (nearly) all unusable
+                share = range(len(pool))
+            # positions spread over the file by a bijection of range(len(pool)), so that a slot's share is
+            # not a residue class of the file order
+            query_index = pool[SCRAMBLE * rng.choice(share) % len(pool)]
+            untried = [p for p in self._items(query_index, domain) if p not in tried]
+            if query_index not in sample.batch_queries and untried:
+                return query_index, rng.choice(untried)
+        raise RuntimeError(f"no {domain} query outside the global batch of sample {sample.pid} to replace it: "
+                           f"the training file has {len(pool)} queries with {domain} items")
 
     def _log_once(self, path, message):
         if path not in self._logged:

@@ -6,6 +6,7 @@ GradScaler, schedule, data position, every rank's RNG states), and `resume=auto`
 from the newest checkpoint in output_dir that loads.
 """
 import contextlib
+import datetime
 import logging
 import math
 import os
@@ -14,6 +15,7 @@ import time
 
 import torch
 import torch.distributed as dist
+import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -21,11 +23,12 @@ from engine.run_dir import RunDirError
 from utils import checkpoint as ckpt
 from utils.config import save_config
 from utils.distributed import barrier
-from utils.logging import Meter, MetricsLog
+from utils.logging import LOGGER_NAME, STEP_LOGGER, Meter, MetricsLog
 from utils.schedule import WARMUP_WARN_SHARE, LinearWarmupDecay
 from utils.seed import get_rng_state, seed_data, seed_model_init, set_rng_state
 
-log = logging.getLogger("qcd")
+log = logging.getLogger(LOGGER_NAME)
+step_log = logging.getLogger(STEP_LOGGER)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -285,16 +288,19 @@ class Trainer:
 
     def run(self):
         metrics = MetricsLog(self.out_dir, self.main)
+        metrics.text("config", "    " + yaml.safe_dump(self.cfg, allow_unicode=True, sort_keys=False)
+                     .replace("\n", "\n    "), self.global_step)
         window = _Window(self.t["batch_size"] * self.world_size)
-        max_steps = self.t["max_steps"] or sum(self.epoch_lengths)
+        max_steps = min(self.t["max_steps"] or sum(self.epoch_lengths), sum(self.epoch_lengths))
         self.model_ddp.train()
-        bar = None
+        bar = tqdm(total=max_steps, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True,
+                   file=sys.stderr, disable=None if self.main else True)
+        eta = _Eta(self.global_step, max_steps)
         try:
             while self.epoch < self.t["epochs"] and self.global_step < max_steps:
                 batches = self._epoch_batches()
                 steps_per_epoch = self.epoch_lengths[self.epoch]
-                bar = tqdm(total=steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/"
-                           f"{self.t['epochs']}", disable=not self.main, dynamic_ncols=True, file=sys.stderr)
+                counts_at_start = self.loader.dataset.raw_counts()
                 window.restart()
                 while self.step_in_epoch < steps_per_epoch and self.global_step < max_steps:
                     t0 = time.perf_counter()
@@ -304,25 +310,25 @@ class Trainer:
                     bar.update(1)
                     window.add(t_data - t0, time.perf_counter() - t0)
                     end_of_epoch = self.step_in_epoch == steps_per_epoch
-                    if self.global_step % self.t["log_every"] == 0 or end_of_epoch:
+                    if self.global_step % self.t["log_every"] == 0 or end_of_epoch or self.global_step == max_steps:
                         scalars = self._scalars(terms, out, lrs, grad_norm, window, steps_per_epoch)
+                        if end_of_epoch:
+                            scalars.update(self._epoch_data(counts_at_start))
                         metrics.log(self.global_step, scalars)
-                        bar.set_postfix({k[len("train/"):]: f"{v:.4f}" for k, v in scalars.items()
-                                         if k.startswith("train/loss")}
-                                        | {"wait": f"{scalars['perf/data_wait_fraction']:.0%}"})
+                        step_log.info("%s", step_line(self.global_step, max_steps, scalars, eta.left(self.global_step)))
+                        bar.set_postfix({"epoch": f"{scalars['epoch']:.2f}", "loss": f"{scalars['train/loss']:.4f}",
+                                         "wait": f"{scalars['perf/data_wait_fraction']:.0%}"})
                         window.restart()
                     if self.global_step % self.t["save_every_steps"] == 0 or end_of_epoch or \
                             self.global_step == max_steps:
                         self.save()
-                bar.close()
                 if self.step_in_epoch == steps_per_epoch:
                     self.epoch, self.step_in_epoch = self.epoch + 1, 0
             if self.last_saved_step != self.global_step:
                 self.save()
             barrier()
         finally:
-            if bar is not None:
-                bar.close()  # also when a non-finite loss stops the run mid-epoch
+            bar.close()  # also when a non-finite loss stops the run mid-epoch
             metrics.close()
         log.info("finished at global step %d; last checkpoint %s", self.global_step, self.last_ckpt)
         return {"global_step": self.global_step, "checkpoint": self.last_ckpt}
@@ -341,6 +347,47 @@ class Trainer:
         scalars.update(window.scalars())
         scalars["epoch"] = self.epoch + self.step_in_epoch / steps_per_epoch
         return scalars
+
+    def _epoch_data(self, counts_at_start):
+        """The data events of the epoch (since this run started in it), summed over ranks, as data/* scalars;
+        also logged as one line."""
+        now = self.loader.dataset.raw_counts()
+        names = sorted(now)
+        delta = torch.tensor([now[k] - counts_at_start[k] for k in names], dtype=torch.float64)
+        if self.world_size > 1:
+            dist.all_reduce(delta)
+        d = dict(zip(names, delta.long().tolist()))
+        scalars = {f"data/{k}": d[k] for k in ("unreadable_images", "replaced_samples", "unreadable_texts",
+                                                 "empty_texts")}
+        scalars["data/query_truncation_rate"] = d["queries_truncated"] / max(d["queries"], 1)
+        scalars["data/text_truncation_rate"] = d["texts_truncated"] / max(d["texts"], 1)
+        log.info("epoch %d data (all ranks): %d unreadable images, %d samples replaced, %d unreadable and %d empty "
+                 "texts; %.1f %% of %d queries and %.1f %% of %d texts cut to their max length", self.epoch + 1,
+                 d["unreadable_images"], d["replaced_samples"], d["unreadable_texts"], d["empty_texts"],
+                 100 * scalars["data/query_truncation_rate"], d["queries"], 100 * scalars["data/text_truncation_rate"],
+                 d["texts"])
+        return scalars
+
+def step_line(step, max_steps, scalars, eta_s):
+    """The train.log line of a log step: step, epoch, loss terms, lr per group, tau, throughput, ETA."""
+    losses = " ".join(f"{k[len('train/'):]} {v:.4f}" for k, v in scalars.items() if k.startswith("train/loss"))
+    lrs = " ".join(f"{k[len('lr/'):]} {v:.3g}" for k, v in scalars.items() if k.startswith("lr/"))
+    tau = f" | tau {scalars['train/tau']:.4f}" if "train/tau" in scalars else ""
+    eta = "?" if eta_s is None else str(datetime.timedelta(seconds=round(eta_s)))
+    return (f"step {step}/{max_steps} epoch {scalars['epoch']:.2f} | {losses} | lr {lrs}{tau} | "
+            f"{scalars['perf/samples_per_s']:.1f} samples/s, data wait {scalars['perf/data_wait_fraction']:.0%} | "
+            f"ETA {eta}")
+
+
+class _Eta:
+    """Time left for the whole run, from the mean step time since this process started training."""
+
+    def __init__(self, first_step, last_step):
+        self.first, self.last, self.start = first_step, last_step, time.perf_counter()
+
+    def left(self, step):
+        done = step - self.first
+        return (time.perf_counter() - self.start) / done * (self.last - step) if done else None
 
 
 class _Window:

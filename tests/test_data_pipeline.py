@@ -141,6 +141,29 @@ def test_unreadable_goods_is_counted_logged_once_and_replaced(tmp_path, tokenize
     assert sum(paths.image_path(4) in m for m in messages) == 1
 
 
+def test_replacements_never_repeat_a_query_of_the_global_batch(tmp_path):
+    """A third of the goods unreadable, each query with one goods item: every replacement comes from another
+    query, and none of them may be a query already in the global batch (2 ranks x 5)."""
+    from datasets.sampler import DomainBatchSampler
+
+    paths = DatasetPaths(tmp_path)
+    entries = []
+    for q in range(60):
+        add_goods(paths, q + 1, q, image="missing" if q % 3 == 0 else "ok")
+        entries.append(TrainEntry(f"q{q}", [q + 1], []))
+    ds = train_dataset(paths, entries)
+    ranks = [DomainBatchSampler(entries, 5, rank, 2, seed=3) for rank in (0, 1)]
+    batches = 0
+    for epoch in range(4):
+        for sampler in ranks:
+            sampler.set_epoch(epoch)
+        for shares in zip(*ranks):
+            queries = [ds[sample]["query_index"] for share in shares for sample in share]
+            assert len(set(queries)) == len(queries) == 10, (epoch, sorted(queries))
+            batches += 1
+    assert batches == 24 and ds.stats()["replaced_samples"] >= 60
+
+
 def test_video_frames_follow_segments_and_skip_unreadable_frames(tmp_path):
     paths = DatasetPaths(tmp_path)
     levels = [10 * (k + 1) for k in range(12)]

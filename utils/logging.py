@@ -5,6 +5,14 @@ import os
 import sys
 
 LOGGER_NAME = "qcd"
+# the training loop's line every train.log_every steps: in train.log always, on a terminal's stderr only
+# when no progress bar is drawn there
+STEP_LOGGER = LOGGER_NAME + ".steps"
+
+
+def progress_bar_shown():
+    """tqdm draws a bar only on a terminal (disable=None); a batch job's log gets the step lines instead."""
+    return sys.stderr.isatty()
 
 
 def setup_logger(rank, output_dir=None):
@@ -18,6 +26,7 @@ def setup_logger(rank, output_dir=None):
     if rank == 0 and output_dir:
         os.makedirs(output_dir, exist_ok=True)
         handlers.append(logging.FileHandler(os.path.join(output_dir, "train.log")))
+    handlers[0].addFilter(lambda record: record.name != STEP_LOGGER or not progress_bar_shown())
     for h in handlers:
         h.setFormatter(fmt)
         logger.addHandler(h)
@@ -57,6 +66,10 @@ class MetricsLog:
 
             self.writer = SummaryWriter(os.path.join(output_dir, "tb"))
             self.jsonl = open(os.path.join(output_dir, "metrics.jsonl"), "a", encoding="utf-8")
+
+    def text(self, tag, text, step):
+        if self.enabled:
+            self.writer.add_text(tag, text, step)
 
     def log(self, step, scalars):
         if not self.enabled:
