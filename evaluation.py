@@ -182,11 +182,12 @@ def evaluate_direction(cfg):
 
 
 def _config(args):
-    from main_cross_domain_emb import validate_config
+    from main_cross_domain_emb import preflight, validate_config
     from utils.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     validate_config(cfg)
+    preflight(cfg, evaluate=True)
     return cfg
 
 

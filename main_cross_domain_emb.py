@@ -84,6 +84,28 @@ def validate_config(cfg):
             raise ConfigError(f"pretrain.mlm_prob={cfg['pretrain']['mlm_prob']!r}: expected a share in (0, 1)")
 
 
+def preflight(cfg, evaluate=False):
+    """The files a run needs, checked in a second before any process group or model exists: the data
+    folder and its list files (the training file, or the lists of eval.direction) and every weights
+    file the config names."""
+    from datasets.annotations import DatasetPaths
+
+    data = cfg["data"]
+    if not os.path.isdir(data["root"]):
+        raise FileNotFoundError(f"data.root={data['root']}: folder not found (a relative path is taken from the "
+                                "directory the command was started in)")
+    paths = DatasetPaths.from_config(data)
+    if evaluate:
+        paths.require(*paths.direction_files(cfg["eval"]["direction"]))
+    else:
+        paths.require(paths.train_file)
+    weights = [("model.backbone.pretrained", cfg["model"]["backbone"]["pretrained"])]
+    weights.append(("eval.checkpoint", cfg["eval"]["checkpoint"]) if evaluate else ("init_from", cfg["init_from"]))
+    for key, path in weights:
+        if path is not None and not os.path.isfile(path):
+            raise FileNotFoundError(f"{key}={path}: file not found")
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -109,6 +131,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="YAML experiment config (see configs/)")
     p.add_argument("--evaluate", action="store_true", help="extract the query and gallery features of eval.direction instead of training (evaluation.py scores them)")
+    p.add_argument("--check", action="store_true", help="only check the config and the files it names, then exit (the launch scripts run this before torchrun)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     return p.parse_args(argv)
 
@@ -118,9 +141,15 @@ def main(argv=None):
     try:
         cfg = load_config(args.config, args.overrides)
         validate_config(cfg)
+        preflight(cfg, args.evaluate)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        return 0
     try:
         if args.evaluate:
             return evaluate(cfg)

@@ -19,10 +19,10 @@ if [ ! -f "$ROOT/main_cross_domain_emb.py" ]; then
 fi
 CONFIG="${1:-configs/qcd_real400k.yaml}"
 [ $# -gt 0 ] && shift
-# as in train.sh: a config path relative to the submit directory must survive `cd "$ROOT"`
+# as in train.sh: relative paths are taken from the submit directory; a CONFIG not found there from $ROOT
 case "$CONFIG" in
     /*) ;;
-    *) if [ -e "$CONFIG" ]; then CONFIG="$(pwd)/$CONFIG"; fi ;;
+    *) if [ ! -e "$CONFIG" ] && [ -e "$ROOT/$CONFIG" ]; then CONFIG="$ROOT/$CONFIG"; fi ;;
 esac
 
 # $PYTHON (e.g. a conda env's python) wins over the repository's .venv, which wins over python on PATH
@@ -35,11 +35,11 @@ NPROC_PER_NODE="${NPROC_PER_NODE:-${SLURM_GPUS_ON_NODE:-$("$PYTHON" -c "import t
 MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
 MASTER_PORT="${MASTER_PORT:-29500}"
 
+"$PYTHON" "$ROOT/main_cross_domain_emb.py" --config "$CONFIG" --check "$@"
 echo "nodes $NNODES x $NPROC_PER_NODE processes, rendezvous $MASTER_ADDR:$MASTER_PORT, config $CONFIG"
-cd "$ROOT"
 # one task per node; each task's torchrun starts NPROC_PER_NODE training processes
 srun --ntasks="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 \
     "$PYTHON" -m torch.distributed.run \
     --nnodes="$NNODES" --nproc_per_node="$NPROC_PER_NODE" \
     --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT" \
-    main_cross_domain_emb.py --config "$CONFIG" "$@"
+    "$ROOT/main_cross_domain_emb.py" --config "$CONFIG" "$@"

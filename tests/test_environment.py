@@ -68,18 +68,18 @@ def test_check_gpu_raises_on_a_gpu_without_kernels(fake_gpu):
 
 
 @pytest.mark.parametrize("evaluate", [False, True])
-def test_start_up_on_an_unsupported_gpu_stops_with_one_line(fake_gpu, capsys, tmp_path, evaluate):
+def test_start_up_on_an_unsupported_gpu_stops_with_one_line(fake_gpu, capsys, tmp_path, mini_root, evaluate):
     fake_gpu((7, 0), ARCHS_2_14)
-    argv = ["--config", DEMO, f"output_dir={tmp_path}"] + (["--evaluate"] if evaluate else [])
+    argv = ["--config", DEMO, f"output_dir={tmp_path}", f"data.root={mini_root}"] + (["--evaluate"] if evaluate else [])
     assert entry.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error: this GPU is sm_70") and "environment.yml" in err
     assert not os.listdir(tmp_path)
 
 
-def test_bf16_on_a_v100_is_a_config_error(fake_gpu, capsys, tmp_path):
+def test_bf16_on_a_v100_is_a_config_error(fake_gpu, capsys, tmp_path, mini_root):
     fake_gpu((7, 0), ARCHS_2_7)
-    assert entry.main(["--config", DEMO, f"output_dir={tmp_path}", "train.amp=bf16"]) == 2
+    assert entry.main(["--config", DEMO, f"output_dir={tmp_path}", f"data.root={mini_root}", "train.amp=bf16"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("config error: train.amp=bf16: Tesla V100") and "train.amp=fp16" in err
 

@@ -156,8 +156,26 @@ def parse_value(text):
         return text
 
 
+# Settings holding a path: a relative one is taken from the directory the command was launched from
+# (the launch scripts keep it), and config.yaml records it absolute.
+PATH_KEYS = ("output_dir", "resume", "init_from", "data.root", "model.backbone.pretrained", "eval.checkpoint",
+             "eval.out_dir")
+NOT_PATHS = (None, "auto")  # resume=auto is a mode, not a file
+
+
+def _absolute_paths(cfg):
+    for key in PATH_KEYS:
+        *parents, leaf = key.split(".")
+        node = cfg
+        for p in parents:
+            node = node[p]
+        if node[leaf] not in NOT_PATHS and node[leaf] != "":
+            node[leaf] = os.path.abspath(os.path.expanduser(node[leaf]))
+
+
 def load_config(path, overrides=None):
-    """Resolve `path` (with its `_base_` chain onto configs/base.yaml) and `key.sub=value` overrides."""
+    """Resolve `path` (with its `_base_` chain onto configs/base.yaml) and `key.sub=value` overrides;
+    the relative paths of PATH_KEYS are made absolute against the current directory."""
     schema = _read_yaml(SCHEMA_PATH)
     schema.pop("_base_", None)
     cfg = copy.deepcopy(schema)
@@ -176,6 +194,7 @@ def load_config(path, overrides=None):
         leaf[parts[-1]] = parse_value(text)
         _merge(cfg, node, schema, schema, "command line")
     cfg["config_path"] = os.path.abspath(path)
+    _absolute_paths(cfg)
     return cfg
 
 
