@@ -73,3 +73,40 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Runs a Python script or `-c` code with utils.checkpoint's writer patched: the checkpoint of global step
+# argv[1] is written half-way, then the process kills itself (SIGKILL), as a crash during a write would.
+_KILL_DURING_CHECKPOINT = f"""
+import os, runpy, signal, sys
+sys.path.insert(0, {REPO_ROOT!r})
+from utils import checkpoint as ckpt
+step, target = int(sys.argv[1]), sys.argv[2]
+write = ckpt._write_atomic
+
+def dying_write(obj, path):
+    if obj["global_step"] != step:
+        return write(obj, path)
+    with open(path + ".tmp", "wb") as f:
+        ckpt.torch.save(obj, f)
+        f.truncate(f.tell() // 2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+ckpt._write_atomic = dying_write
+sys.argv = sys.argv[2:]
+if target == "-c":
+    exec(sys.argv[1], {{"__name__": "__main__"}})
+else:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
+    runpy.run_path(target, run_name="__main__")
+"""
+
+
+@pytest.fixture
+def killed_at_checkpoint():
+    """command(step, script_or_-c, *args) -> argv of a process that dies while writing its step-`step` checkpoint."""
+    def command(step, *python_args):
+        return [sys.executable, "-c", _KILL_DURING_CHECKPOINT, str(step), *python_args]
+    return command

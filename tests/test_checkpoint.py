@@ -2,7 +2,6 @@
 import os
 import random
 import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -52,10 +51,9 @@ def test_checkpoint_without_training_state_is_skipped(tmp_path):
     assert state["global_step"] == 1
 
 
-def test_kill_during_write_leaves_previous_checkpoint_intact(tmp_path):
+def test_kill_during_write_leaves_previous_checkpoint_intact(tmp_path, killed_at_checkpoint):
     script = textwrap.dedent(f"""
-        import sys, torch
-        sys.path.insert(0, {REPO!r})
+        import torch
         from utils import checkpoint as ckpt
         for step in (1, 2):
             ckpt.save_checkpoint({{"model": {{"w": torch.full((1000,), float(step))}}, "optimizer": {{}}, "scaler": {{}},
@@ -63,8 +61,7 @@ def test_kill_during_write_leaves_previous_checkpoint_intact(tmp_path):
                                   "rng": [], "config": {{}}, "world_size": 1, "batch_size": 2, "epoch_lengths": [10]}},
                                  {str(tmp_path)!r}, keep_last=3)
     """)
-    env = dict(os.environ, **{ckpt.KILL_ENV: "2"})
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120)
+    proc = subprocess.run(killed_at_checkpoint(2, "-c", script), capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()
     names = sorted(os.listdir(tmp_path))
     assert names == ["checkpoint_00000001.pth.tar", "checkpoint_00000002.pth.tar.tmp", "checkpoint_latest.pth.tar"]

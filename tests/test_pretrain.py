@@ -3,7 +3,6 @@ global VTC across processes, and the hand-over of its weights to Ours-Q."""
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -141,12 +140,11 @@ def test_stop_and_resume_in_the_middle_of_an_epoch_is_exact(joint, mini_root, tm
             assert mb[step][key] == ma[step][key], (step, key)
 
 
-def test_killed_while_writing_a_checkpoint_then_resumed_is_exact(joint, mini_root, tmp_path):
+def test_killed_while_writing_a_checkpoint_then_resumed_is_exact(joint, mini_root, tmp_path, killed_at_checkpoint):
     out = str(tmp_path)
-    cmd = [sys.executable, os.path.join(REPO, "main_cross_domain_emb.py"), "--config", CONFIG,
-           *overrides(mini_root, out, "pretrain.stage=joint", f"train.max_steps={2 * N}")]
-    killed = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, **{ckpt.KILL_ENV: "4"}), capture_output=True,
-                            text=True, timeout=600)
+    cmd = killed_at_checkpoint(4, os.path.join(REPO, "main_cross_domain_emb.py"), "--config", CONFIG,
+                               *overrides(mini_root, out, "pretrain.stage=joint", f"train.max_steps={2 * N}"))
+    killed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert ckpt.find_latest_valid(out)[1]["global_step"] == 2
     train(config(mini_root, out, "pretrain.stage=joint", f"train.max_steps={2 * N}"))

@@ -53,12 +53,12 @@ def run_inprocess(mini_root, out, *extra):
     return entry.train(cfg)
 
 
-def run_cli(mini_root, out, *extra, env=None, train_sh=False):
-    """main_cross_domain_emb.py in a new process, or train.sh (torchrun) when train_sh is set."""
+def run_cli(mini_root, out, *extra, env=None, train_sh=False, launcher=(sys.executable,)):
+    """main_cross_domain_emb.py in a new process started by `launcher`, or train.sh (torchrun) when train_sh is set."""
     if train_sh:
         cmd = ["sh", os.path.join(REPO, "train.sh"), DEMO]
     else:
-        cmd = [sys.executable, os.path.join(REPO, "main_cross_domain_emb.py"), "--config", DEMO]
+        cmd = [*launcher, os.path.join(REPO, "main_cross_domain_emb.py"), "--config", DEMO]
     cmd += overrides(mini_root, out, *extra)
     return subprocess.run(cmd, cwd=REPO, env=dict(os.environ, **(env or {})), capture_output=True, text=True, timeout=600)
 
@@ -165,9 +165,9 @@ def test_checkpoint_with_a_lambdalr_schedule_resumes_exactly(straight, mini_root
     assert_matches_straight(straight, out, N + 1)
 
 
-def test_killed_while_writing_a_checkpoint_then_resumed_is_exact(straight, mini_root, tmp_path):
+def test_killed_while_writing_a_checkpoint_then_resumed_is_exact(straight, mini_root, tmp_path, killed_at_checkpoint):
     out = str(tmp_path)
-    killed = run_cli(mini_root, out, f"train.max_steps={2 * N}", env={ckpt.KILL_ENV: str(N)})
+    killed = run_cli(mini_root, out, f"train.max_steps={2 * N}", launcher=killed_at_checkpoint(N))
     assert killed.returncode == -9, killed.stderr[-2000:]
     # the half-written step-N file never got its real name; the newest valid checkpoint is N - 2
     assert os.path.exists(os.path.join(out, f"checkpoint_{N:08d}.pth.tar.tmp"))

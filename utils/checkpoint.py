@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 
 import torch
 
@@ -47,9 +46,6 @@ class TrainingCheckpoint:
 
 REQUIRED_KEYS = tuple(f.name for f in dataclasses.fields(TrainingCheckpoint))
 
-# Test hook: the writer of the checkpoint of this global step dies (SIGKILL) half-way through the file.
-KILL_ENV = "QCD_TEST_KILL_DURING_CHECKPOINT"
-
 log = logging.getLogger(__name__)
 
 
@@ -70,7 +66,7 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (full disk, quota, ...); its partial file has been removed."""
 
 
-def _write_atomic(obj, path, global_step=None):
+def _write_atomic(obj, path):
     tmp = path + ".tmp"
     try:
         # through a Python file, so that a full disk raises OSError(ENOSPC) rather than torch's basic_ios::clear
@@ -81,12 +77,6 @@ def _write_atomic(obj, path, global_step=None):
             os.remove(tmp)
         raise CheckpointWriteError(e.errno, f"{e.strerror or e} while writing {path}; the partial file was removed "
                                             "and the checkpoints written before it are kept") from None
-    if global_step is not None and os.environ.get(KILL_ENV) == str(global_step):
-        with open(tmp, "r+b") as f:
-            f.truncate(os.path.getsize(tmp) // 2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.kill(os.getpid(), signal.SIGKILL)
     os.replace(tmp, path)
 
 
@@ -124,7 +114,7 @@ def save_checkpoint(state, output_dir, keep_last):
         state = state.as_dict()
     os.makedirs(output_dir, exist_ok=True)
     path = step_path(output_dir, state["global_step"])
-    _write_atomic(state, path, state["global_step"])
+    _write_atomic(state, path)
     _link_or_copy(path, os.path.join(output_dir, LATEST))
     for _, old in step_checkpoints(output_dir)[:-keep_last]:
         os.remove(old)
