@@ -194,23 +194,28 @@ def _config(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "extract", "page"):
-        p = sub.add_parser(name)
-        p.add_argument("--config", required=True)
-        p.add_argument("overrides", nargs="*", help="key.sub=value")
+    helps = {"run": "extract the query and gallery features of eval.direction (all ranks), then search, score and "
+                    "draw the result page (rank 0)",
+             "extract": "only write the query and gallery features of eval.direction to eval.out_dir",
+             "page": "draw the HTML page of sampled queries and their top retrievals from a finished search"}
+    for name, text in helps.items():
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--config", required=True, help="YAML experiment config (see configs/)")
+        p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
         if name == "page":
             p.add_argument("--out", help="HTML file (default <eval.out_dir>/page.html)")
-    p = sub.add_parser("search")
-    p.add_argument("--query-feats", required=True)
+    text = "search and score feature files that are already on disk (ours or the authors' text format)"
+    p = sub.add_parser("search", help=text, description=text)
+    p.add_argument("--query-feats", required=True, help="query features: .npy (with --query-ids) or the text format")
     p.add_argument("--query-ids", help="ids of --query-feats (not needed for the text format)")
-    p.add_argument("--gallery-feats", required=True)
-    p.add_argument("--gallery-ids")
-    p.add_argument("--gt", required=True)
+    p.add_argument("--gallery-feats", required=True, help="gallery features, as --query-feats")
+    p.add_argument("--gallery-ids", help="ids of --gallery-feats")
+    p.add_argument("--gt", required=True, help="ground truth: query id, then its relevant gallery ids, per line")
     p.add_argument("--out", required=True, help="results.json (ranking.npz is written beside it)")
     p.add_argument("--topk", type=int, default=100, help="largest K; R@K is reported for 10, 20, 50, 100 up to it")
-    p.add_argument("--direction", choices=("video2goods", "goods2video"))
-    p.add_argument("--feature")
-    p.add_argument("--checkpoint")
+    p.add_argument("--direction", choices=("video2goods", "goods2video"), help="recorded in results.json")
+    p.add_argument("--feature", help="feature name recorded in results.json")
+    p.add_argument("--checkpoint", help="checkpoint recorded in results.json")
     p = sub.add_parser("table")
     p.add_argument("v2g", help="results.json of video2goods")
     p.add_argument("g2v", help="results.json of goods2video")
