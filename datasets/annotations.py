@@ -303,9 +303,14 @@ def parse_item_line(line, path, lineno):
     return TestItem(pid, domain, query, frames, text_path)
 
 
+def empty_list_error(path):
+    """The error of a list file without any non-blank line, which would otherwise fail far from its cause."""
+    return AnnotationError(path, None, "empty list: expected at least one non-blank line")
+
+
 def parse_item_list(path, domain=None):
     """A query or gallery list (data.test_files.<direction>.query/gallery) -> [TestItem] in file order;
-    a repeated pid is an error, and so is an item of another domain than `domain` (when given)."""
+    an empty list is an error, and so are a repeated pid and an item of another domain than `domain` (when given)."""
     items, seen = [], {}
     for lineno, line in iter_lines(path):
         item = parse_item_line(line, path, lineno)
@@ -315,6 +320,8 @@ def parse_item_list(path, domain=None):
             raise AnnotationError(path, lineno, f"expected unique pids, {item.pid} already on line {seen[item.pid]}")
         seen[item.pid] = lineno
         items.append(item)
+    if not items:
+        raise empty_list_error(path)
     return items
 
 

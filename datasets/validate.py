@@ -8,25 +8,33 @@ and exits with status 1 when a rule is violated. Warnings (allowed by the format
 worth knowing: a goods text with another number of lines, a gt query whose relevant
 items are all missing from the gallery (it scores 0), ...) do not change the status.
 
+A list file (queries, train, query/gallery/gt) without any non-blank line is an error.
 Annotation files are streamed line by line, so the real Real400K (hundreds of
 thousands of items) is fine; the per-item file checks (image, text, frameid and frame
-files exist) touch every referenced item unless `--max-items N` limits them to a
-fixed random sample of N items per group, and the shard-folder scan to N files per
-folder.
+files exist, and each image file is non-empty and starts like a JPEG, PNG, GIF, BMP or
+WEBP: its first 12 bytes are read, it is decoded only with `--decode-images`) touch
+every referenced item unless `--max-items N` limits them to a fixed random sample of N
+items per group, and the shard-folder scan to N files per folder.
 """
 import argparse
 import os
 import random
+import re
 import sys
 from collections import defaultdict
 
 from datasets.annotations import (DIRECTIONS, GALLERY_DOMAIN, GOODS_TEXT_FIELDS, QUERY_DOMAIN, SHARD_MODULUS,
-                                  VIDEO_TEXT_FIELDS, AnnotationError, DatasetPaths, iter_lines,
+                                  VIDEO_TEXT_FIELDS, AnnotationError, DatasetPaths, empty_list_error, iter_lines,
                                   read_file_lines, parse_gt_line, parse_item_line, parse_train_line, read_frame_ids, shard)
 
 # layout folder -> extension of the <pid % 50000>/<pid>.<ext> files it holds
 SHARDED_FOLDERS = (("goods", "images", ".jpg"), ("goods", "text", ".txt"), ("video", "frameid", ".txt"),
                    ("video", "text", ".txt"), ("video", "raw", ".mp4"))
+
+# how files of the image formats PIL opens begin, as PIL's own format checks test it; 12 bytes cover them all
+IMAGE_SIGNATURES = {"JPEG": rb"\xff\xd8\xff", "PNG": rb"\x89PNG\r\n\x1a\n", "GIF": rb"GIF8[79]a", "BMP": rb"BM",
+                    "WEBP": rb"RIFF....WEBP"}
+_IMAGE_START = re.compile(b"|".join(IMAGE_SIGNATURES.values()), re.DOTALL)
 
 
 class Report:
@@ -94,6 +102,20 @@ class _Validator:
         if not os.path.isfile(path):
             self.report.error("missing image", f"{where}: expected image {path}")
             return
+        # 12 bytes are cheap enough for every file and catch empty files and non-images (e.g. saved error pages)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(12)
+        except OSError as e:
+            self.report.error("unreadable image", f"{where}: {path}: {e}")
+            return
+        if not head:
+            self.report.error("unreadable image", f"{where}: {path}: zero-byte file, expected an image")
+            return
+        if not _IMAGE_START.match(head):
+            self.report.error("unreadable image", f"{where}: {path}: not an image: starts with {head!r}, expected "
+                                                  f"{', '.join(IMAGE_SIGNATURES)}")
+            return
         if self.decode_images:
             from PIL import Image
 
@@ -153,25 +175,29 @@ class _Validator:
             else:
                 self.report.counts[f"entities level{level}"] = sum(1 for _ in self.lines(path))
 
-    def lines(self, path):
-        """Non-blank lines of a file; an unreadable file is reported once and yields nothing."""
+    def lines(self, path, required=False):
+        """Non-blank lines of a file; an unreadable file is reported once and yields nothing, and so
+        is a `required` (list) file without any."""
         if not os.path.isfile(path):
             return
+        count = 0
         try:
-            yield from iter_lines(path)
+            for count, numbered in enumerate(iter_lines(path), 1):
+                yield numbered
         except AnnotationError as e:
             self.report.error("unreadable file", str(e))
+            return
+        if required and not count:
+            self.report.error("empty list", str(empty_list_error(path)))
 
     def check_queries(self):
-        self.report.counts["queries.txt lines"] = sum(1 for _ in self.lines(self.paths.queries))
-        if os.path.isfile(self.paths.queries) and not self.report.counts["queries.txt lines"]:
-            self.report.error("empty file", f"{self.paths.queries}: expected one query per line")
+        self.report.counts["queries.txt lines"] = sum(1 for _ in self.lines(self.paths.queries, required=True))
 
     def check_train(self):
         path = self.paths.train_file
         goods, videos = {}, {}
         n = goods_only = video_only = 0
-        for lineno, line in self.lines(path):
+        for lineno, line in self.lines(path, required=True):
             try:
                 entry = parse_train_line(line, path, lineno)
             except AnnotationError as e:
@@ -196,7 +222,7 @@ class _Validator:
     def read_items(self, path, domain):
         """pid -> (TestItem, 'file:line') of a query or gallery list whose items must all be of `domain`."""
         items = {}
-        for lineno, line in self.lines(path):
+        for lineno, line in self.lines(path, required=True):
             where = f"{path}:{lineno}"
             try:
                 item = parse_item_line(line, path, lineno)
@@ -233,7 +259,7 @@ class _Validator:
         gallery = self.read_items(p.gallery_list(direction), GALLERY_DOMAIN[direction])
         gt_path = p.gt_file(direction)
         seen, pairs = set(), 0
-        for lineno, line in self.lines(gt_path):
+        for lineno, line in self.lines(gt_path, required=True):
             where = f"{gt_path}:{lineno}"
             try:
                 query, relevant = parse_gt_line(line, gt_path, lineno)

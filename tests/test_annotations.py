@@ -159,3 +159,11 @@ def test_transformers_bert_tokenizer_works_from_repo_root():
         "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n\r\n"], ids=["zero lines", "blank lines"])
+def test_empty_item_list_is_an_error_naming_the_file(tmp_path, text):
+    path = write(tmp_path, "gallery.txt", text)
+    with pytest.raises(AnnotationError) as err:
+        parse_item_list(path)
+    assert str(err.value) == f"{path}: empty list: expected at least one non-blank line"
