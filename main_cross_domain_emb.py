@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from datasets.annotations import AnnotationError
 from engine import TASKS, NonFiniteLoss, RunDirError, train
 from utils import checkpoint as ckpt
 from utils.config import ConfigError, load_config
@@ -157,7 +158,8 @@ def main(argv=None):
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except (UnsupportedGPU, ckpt.WeightsMismatch, ckpt.CheckpointFileError, FileNotFoundError, RunDirError) as e:
+    except (UnsupportedGPU, ckpt.WeightsMismatch, ckpt.CheckpointFileError, FileNotFoundError, RunDirError,
+            AnnotationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (NonFiniteLoss, ckpt.CheckpointWriteError) as e:
