@@ -243,6 +243,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from datasets.annotations import AnnotationError
     from utils.checkpoint import CheckpointFileError, WeightsMismatch
     from utils.config import ConfigError
     from utils.distributed import UnsupportedGPU
@@ -251,5 +252,6 @@ if __name__ == "__main__":
         sys.exit(main())
     except ConfigError as e:
         sys.exit(f"config error: {e}")
-    except (UnsupportedGPU, FileNotFoundError, NonFiniteFeatures, CheckpointFileError, WeightsMismatch) as e:
+    except (UnsupportedGPU, FileNotFoundError, NonFiniteFeatures, CheckpointFileError, WeightsMismatch,
+            AnnotationError) as e:
         sys.exit(f"error: {e}")

@@ -1,6 +1,7 @@
 """Launching from anywhere: relative paths are the caller's, missing files stop the launch scripts before
 torchrun starts a worker, a busy default port does not matter on one node, and the scripts explain misuse."""
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -93,3 +94,16 @@ def test_every_evaluation_subcommand_has_a_help_text():
         sub = subprocess.run([sys.executable, os.path.join(REPO, "evaluation.py"), command, "-h"], capture_output=True,
                              text=True, timeout=120)
         assert sub.returncode == 0 and "usage: evaluation.py " + command in sub.stdout
+
+
+def test_an_empty_query_list_stops_evaluation_with_one_line(mini_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(mini_root, root, ignore=lambda d, names: ["Real400K"] if d == mini_root else [])
+    os.symlink(os.path.join(mini_root, "Real400K"), root / "Real400K")
+    empty = root / "test_file" / "video2goods_query.txt"
+    empty.write_text("\n")
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "evaluation.py"), "run", "--config", DEMO,
+                           f"data.root={root}", f"output_dir={tmp_path / 'out'}"] + FAST, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {empty}: empty list: expected at least one non-blank line"
