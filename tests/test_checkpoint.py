@@ -186,13 +186,13 @@ def test_a_file_that_is_not_a_checkpoint_names_the_path(tmp_path):
             load(four_layers(), str(path))
 
 
-def test_training_with_a_mismatched_init_from_stops_with_one_line(tmp_path, capsys):
+def test_training_with_a_mismatched_init_from_stops_with_one_line(tmp_path, mini_root, capsys):
     import main_cross_domain_emb as entry
 
     path = str(tmp_path / "foreign.pth.tar")
     torch.save({"model": four_layers().state_dict()}, path)
     demo = os.path.join(REPO, "configs", "demo.yaml")
-    argv = ["--config", demo, f"output_dir={tmp_path / 'out'}", f"data.root={tmp_path}", f"init_from={path}"]
+    argv = ["--config", demo, f"output_dir={tmp_path / 'out'}", f"data.root={mini_root}", f"init_from={path}"]
     assert entry.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"error: init_from={path}: 0 of the model's") and "init_strict=false" in err
