@@ -23,7 +23,7 @@ from evaluate.extract import FEATURES, extract_features, merged_paths
 from evaluate.features import NonFiniteFeatures, load_features
 from evaluate.metrics import recall_at_k
 from evaluate.search import search
-from evaluate.table import load_results, print_row, table_row, write_row
+from evaluate.table import checkpoint_of, load_results, print_paper, print_rows, table_row, write_row
 
 SIDES = ("query", "gallery")
 
@@ -216,11 +216,13 @@ def main(argv=None):
     p.add_argument("--direction", choices=("video2goods", "goods2video"), help="recorded in results.json")
     p.add_argument("--feature", help="feature name recorded in results.json")
     p.add_argument("--checkpoint", help="checkpoint recorded in results.json")
-    p = sub.add_parser("table")
+    text = "the paper's row (Video2goods, Goods2video, Overall, Mean) from the two directions' results.json"
+    p = sub.add_parser("table", help=text, description=text)
     p.add_argument("v2g", help="results.json of video2goods")
     p.add_argument("g2v", help="results.json of goods2video")
-    p.add_argument("--name", default="model")
+    p.add_argument("--name", default="model", help="row name; a row of that name in the files is replaced")
     p.add_argument("--out-dir", default=".", help="folder of results.md and results.csv")
+    p.add_argument("--paper", action="store_true", help="also print the paper's rows of Tables 2-4")
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -236,9 +238,12 @@ def main(argv=None):
         print(summary(search_and_score(args.query_feats, args.query_ids, args.gallery_feats, args.gallery_ids,
                                        args.gt, args.out, ks, args.direction, args.feature, args.checkpoint)))
     elif args.command == "table":
-        values = table_row(load_results(args.v2g, "video2goods"), load_results(args.g2v, "goods2video"))
-        print_row(args.name, values)
-        write_row(args.name, values, args.out_dir)
+        v2g, g2v = load_results(args.v2g, "video2goods"), load_results(args.g2v, "goods2video")
+        values = table_row(v2g, g2v)
+        print_rows([(args.name, values)])
+        if args.paper:
+            print_paper()
+        write_row(args.name, values, args.out_dir, checkpoint_of(v2g, g2v))
     return 0
 
 

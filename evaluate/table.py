@@ -6,6 +6,7 @@ rounding). Values print with two decimals rounded half up, as the paper does
 (Ours-Q: (36.66 + 47.91) / 2 = 42.285 -> 42.29).
 """
 import csv
+import io
 import json
 import os
 from decimal import ROUND_HALF_UP, Decimal
@@ -37,28 +38,107 @@ def table_row(v2g, g2v):
     return a + b + overall + [sum(overall) / len(overall)]
 
 
-def print_row(name, values):
-    width = max(len(name), 6)
+# The paper's results on Real400K (Q + P (Real20M): on Real20M), as printed, for `table --paper`.
+# Table 4 gives only the Overall columns and Mean: the direction columns are None.
+_TABLE2 = """
+CLIP-infer 14.62 19.87 27.59 33.08 19.11 24.05 32.31 38.78 16.87 21.96 29.95 35.93 26.18
+CyCLIP-infer 15.22 19.89 27.69 34.56 20.11 24.59 32.55 38.92 17.67 22.24 30.12 36.74 26.69
+FashionCLIP-infer 10.47 14.03 20.09 24.43 15.32 19.08 25.06 30.40 12.90 16.92 22.58 27.42 19.86
+XCLIP-infer 9.21 11.15 13.73 15.85 17.20 18.82 21.85 24.95 13.21 14.99 17.79 20.27 16.60
+ChineseCLIP-infer 23.34 30.92 39.52 47.47 27.30 34.46 43.83 51.78 25.32 32.69 41.68 49.63 37.33
+CLIP-ft 23.88 32.14 41.55 49.86 27.45 32.71 41.08 47.96 25.67 32.43 41.32 48.91 37.08
+CyCLIP-ft 24.95 31.39 41.60 49.62 28.57 33.69 42.13 48.78 26.76 32.54 41.87 49.20 37.59
+FashionCLIP-ft 24.09 32.12 41.33 49.05 27.85 34.64 44.78 52.94 25.97 33.38 43.06 51.00 38.35
+XCLIP-ft 26.49 34.37 45.36 54.91 31.51 38.20 47.07 54.14 29.00 36.29 46.22 54.53 41.51
+ChineseCLIP-ft 30.09 38.09 48.66 57.33 34.00 38.87 47.34 53.73 32.05 38.48 48.00 55.53 43.51
+CLIP-Q 28.16 36.27 46.58 55.18 36.90 42.89 53.48 61.31 32.53 39.57 50.03 58.25 45.10
+CyCLIP-Q 28.78 36.05 46.09 54.63 36.49 42.40 53.83 61.69 32.64 39.23 49.96 58.16 45.00
+FashionCLIP-Q 34.84 44.20 55.63 64.84 38.54 45.93 55.08 63.11 36.69 45.07 55.36 63.98 50.27
+XCLIP-Q 34.20 43.60 54.51 64.22 43.94 53.36 62.02 71.24 39.07 48.48 58.27 67.73 53.38
+ChineseCLIP-Q 33.04 41.46 52.07 59.39 45.39 54.09 63.07 70.35 39.22 47.78 57.57 64.87 52.36
+Ours-Q 36.66 46.97 57.91 66.85 47.91 55.64 64.61 72.45 42.29 51.31 61.26 69.65 56.13
+Ours-Q + Pretrain 38.90 49.06 59.37 67.82 49.46 57.31 67.98 73.60 44.18 53.19 63.68 70.71 57.94"""
+_TABLE3 = """
+base (w/o Recon) 31.11 40.03 51.10 58.20 42.17 51.78 61.43 68.02 36.64 45.91 56.27 63.11 50.48
+base (w Recon) 33.04 41.46 52.07 59.39 45.39 54.09 63.07 70.35 39.22 47.78 57.57 64.87 52.36
+base + FTT 32.84 43.39 54.36 62.49 46.01 54.90 64.12 71.72 39.43 49.15 59.24 67.11 53.73
+base + FTT + Fusion (Ours-Q) 36.66 46.97 57.91 66.85 47.91 55.64 64.61 72.45 42.29 51.31 61.26 69.65 56.13"""
+_TABLE4 = """
+Ours-Q 42.29 51.31 61.26 69.65 56.13
+Q + P (w/o EPL) 42.78 52.11 62.53 70.00 56.86
+Q + P (w EPL) 44.18 53.19 63.68 70.71 57.94
+Q + P (Real20M) 51.59 60.61 69.99 79.83 65.50"""
+
+
+def _parse(text, num_values):
+    """{name: 13 printed cells} of `name v1 v2 ...` lines; a table with fewer values has only the last columns."""
+    rows = {}
+    for line in text.strip().splitlines():
+        name, *values = line.rsplit(None, num_values)
+        rows[name] = [None] * (len(COLUMNS) - num_values) + values
+    return rows
+
+
+PAPER_TABLES = {"Table 2": _parse(_TABLE2, 13), "Table 3": _parse(_TABLE3, 13), "Table 4": _parse(_TABLE4, 5)}
+
+
+def print_rows(rows):
+    """Print [(name, 13 cells)] under the paper's header; a cell is a number, a printed string or None (blank)."""
+    width = max([len(name) for name, _ in rows] + [6])
     print(f"{'':{width}}  " + "  ".join(f"{h:^30}" for h in ("Video2goods", "Goods2video", "Overall")))
     print(f"{'Method':{width}}  " + "  ".join("  ".join(f"{'R@' + k:>6}" for k in KS) for _ in range(3))
           + f"  {'Mean':>6}")
-    cells = [fmt(v) for v in values]
-    print(f"{name:{width}}  " + "  ".join("  ".join(f"{c:>6}" for c in cells[i:i + 4]) for i in (0, 4, 8))
-          + f"  {cells[12]:>6}")
+    for name, values in rows:
+        cells = ["" if v is None else v if isinstance(v, str) else fmt(v) for v in values]
+        print(f"{name:{width}}  " + "  ".join("  ".join(f"{c:>6}" for c in cells[i:i + 4]) for i in (0, 4, 8))
+              + f"  {cells[12]:>6}")
 
 
-def write_row(name, values, out_dir):
-    """Append the row to <out_dir>/results.md and results.csv (each gets its header when new)."""
+def print_paper():
+    for table, rows in PAPER_TABLES.items():
+        print(f"\npaper, {table}")
+        print_rows(list(rows.items()))
+
+
+def checkpoint_of(v2g, g2v):
+    """The checkpoint a row's results came from ('a / b' when the two directions disagree)."""
+    a, b = v2g.get("checkpoint") or "", g2v.get("checkpoint") or ""
+    return a if a == b else f"{a} / {b}"
+
+
+def _atomic_write(path, text):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _read_rows(csv_path):
+    """{name: [13 printed cells, checkpoint]} of an existing results.csv, in file order (an older file
+    without the Checkpoint column gets an empty one)."""
+    if not os.path.exists(csv_path):
+        return {}
+    with open(csv_path, encoding="utf-8", newline="") as f:
+        lines = list(csv.reader(f))
+    if not lines or lines[0][:len(COLUMNS) + 1] != ["Method"] + COLUMNS:
+        raise ValueError(f"{csv_path}: expected the header Method,{','.join(COLUMNS)}[,Checkpoint]")
+    return {row[0]: (row[1:] + [""])[:len(COLUMNS) + 1] for row in lines[1:] if row}
+
+
+def write_row(name, values, out_dir, checkpoint=""):
+    """Put the row into <out_dir>/results.csv and results.md: a row of the same name is replaced in place,
+    a new name appended. Returns the two paths."""
     os.makedirs(out_dir, exist_ok=True)
     md, csv_path = os.path.join(out_dir, "results.md"), os.path.join(out_dir, "results.csv")
-    new_md, new_csv = not os.path.exists(md), not os.path.exists(csv_path)
-    with open(md, "a", encoding="utf-8") as f:
-        if new_md:
-            f.write("| Method | " + " | ".join(COLUMNS) + " |\n|" + "---|" * (len(COLUMNS) + 1) + "\n")
-        f.write(f"| {name} | " + " | ".join(fmt(v) for v in values) + " |\n")
-    with open(csv_path, "a", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        if new_csv:
-            writer.writerow(["Method"] + COLUMNS)
-        writer.writerow([name] + [fmt(v) for v in values])
+    rows = _read_rows(csv_path)
+    rows[name] = [fmt(v) for v in values] + [checkpoint or ""]
+    header = ["Method"] + COLUMNS + ["Checkpoint"]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows([row_name] + cells for row_name, cells in rows.items())
+    _atomic_write(csv_path, buf.getvalue())
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [f"| {row_name} | " + " | ".join(cells) + " |" for row_name, cells in rows.items()]
+    _atomic_write(md, "\n".join(lines) + "\n")
     return md, csv_path
