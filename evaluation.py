@@ -160,10 +160,14 @@ def make_page(cfg, feature=None, out=None):
     paths, direction = data_paths(cfg), cfg["eval"]["direction"]
     out = out or os.path.join(d, "page.html")
     paths.require(*paths.direction_files(direction))
+    results = None
+    if os.path.exists(os.path.join(d, "results.json")):
+        with open(os.path.join(d, "results.json"), encoding="utf-8") as f:
+            results = json.load(f)
     build_page(os.path.join(d, "ranking.npz"), paths.gt_file(direction),
                dataset_items(paths, paths.query_list(direction)), dataset_items(paths, paths.gallery_list(direction)),
                out, num_queries=cfg["eval"]["page_queries"], topk=cfg["eval"]["page_topk"], seed=cfg["seed"],
-               title=f"{direction} ({feature} feature)")
+               title=f"{direction} ({feature} feature)", results=results)
     return out
 
 

@@ -1,8 +1,9 @@
 """A self-contained HTML page of retrieval results, after Figure 5 of the paper.
 
-Each row: a sampled query (blue box) and its top-k retrievals by descending score, ground
-truth in green boxes and the rest in red, with thumbnails (a few frames of a video, the
-image of a product), titles and scores. Images are embedded as base64 JPEG, so the single
+Each row: a sampled query (blue box), the rank of its first correct item in the whole ranked
+list, and its top-k retrievals by descending score, ground truth in green boxes and the rest
+in red, with thumbnails (a few frames of a video, the image of a product), titles and
+scores; rows wrap to the window. The run's R@K heads the page. Images are embedded as base64 JPEG, so the single
 file can be mailed or opened anywhere.
 """
 import base64
@@ -20,7 +21,10 @@ COLORS = {"query": "#1f5fd6", "gt": "#00a000", "other": "#e00000"}
 
 STYLE = f"""
 body {{ font-family: "Noto Sans CJK SC", "WenQuanYi Micro Hei", "PingFang SC", "Microsoft YaHei", sans-serif; margin: 16px; background: #fff; color: #222; }}
-.row {{ display: flex; gap: 10px; align-items: flex-start; margin: 14px 0; }}
+.row {{ display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; margin: 14px 0; padding-bottom: 8px;
+        border-bottom: 1px solid #ddd; }}
+.rank {{ flex-basis: 100%; font-size: 13px; }}
+.summary {{ font-size: 15px; }}
 .item {{ border: 5px solid; padding: 3px; width: 210px; font-size: 11px; flex: none; }}
 .query {{ border-color: {COLORS['query']}; margin-right: 14px; }}
 .gt {{ border-color: {COLORS['gt']}; }}
@@ -80,20 +84,40 @@ def _item_html(kind, info, caption):
             f'<div class="title">{html.escape(info["title"])}</div><div>{html.escape(caption)}</div></div>')
 
 
-def render_page(rows, out_path, title):
-    """rows: [(query pid, query info, [(gallery pid, info, score, is_gt), ...])] -> HTML file."""
+def first_correct(ranked_ids, relevant, no_relevant_in_gallery=False):
+    """The line saying where a query's first ground-truth item is in its whole ranked list (-1: no item)."""
+    ranked = [pid for pid in ranked_ids if pid >= 0]
+    for rank, pid in enumerate(ranked, 1):
+        if pid in relevant:
+            return f"first correct item at rank {rank}"
+    if no_relevant_in_gallery:
+        return "no relevant item in the gallery"
+    return f"no correct item in the top {len(ranked)}"
+
+
+def summary_html(results):
+    """R@K and hit rate of the run (a results.json dict), for the top of the page."""
+    recall = "  ".join(f"R@{k} {v:.2f}" for k, v in results["recall"].items())
+    hits = "  ".join(f"@{k} {v:.2f}" for k, v in results["hit_rate"].items())
+    return (f'<p class="summary"><b>{html.escape(recall)}</b> | hit rate {html.escape(hits)} | '
+            f'{results["num_queries"]} queries, gallery {results["num_gallery"]}</p>')
+
+
+def render_page(rows, out_path, title, results=None):
+    """rows: [(query pid, query info, first-correct line, [(gallery pid, info, score, is_gt), ...])] -> HTML file;
+    `results` (a results.json dict): the run's R@K at the top."""
     body = []
-    for qid, qinfo, retrieved in rows:
+    for qid, qinfo, where, retrieved in rows:
         cells = [_item_html("query", qinfo, f"query {qid}")]
         for rank, (pid, info, score, is_gt) in enumerate(retrieved, 1):
             cells.append(_item_html("gt" if is_gt else "other", info, f"#{rank}  {pid}  score {score:.3f}"))
-        body.append(f'<div class="row">{"".join(cells)}</div>')
+        body.append(f'<div class="row"><div class="rank">query {qid}: {html.escape(where)}</div>{"".join(cells)}</div>')
     legend = (f'<span style="color:{COLORS["query"]}">query</span> | '
               f'<span style="color:{COLORS["gt"]}">ground truth</span> | '
               f'<span style="color:{COLORS["other"]}">not in the ground truth</span>')
     page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f'<style>{STYLE}</style></head><body><h2>{html.escape(title)}</h2><p>{legend}</p>'
-            f'{"".join(body)}</body></html>')
+            f'<style>{STYLE}</style></head><body><h2>{html.escape(title)}</h2>'
+            f'{summary_html(results) if results else ""}<p>{legend}</p>{"".join(body)}</body></html>')
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w", encoding="utf-8") as f:
         f.write(page)
@@ -101,19 +125,22 @@ def render_page(rows, out_path, title):
 
 
 def build_page(ranking_path, gt_path, describe_query, describe_gallery, out_path, num_queries=20, topk=10,
-               seed=0, title="retrieval results"):
-    """Sample queries that have ground truth from ranking.npz (written by the search) and render them."""
+               seed=0, title="retrieval results", results=None):
+    """Sample queries that have ground truth from ranking.npz (written by the search) and render them;
+    `results`: the search's results.json dict (R@K at the top of the page)."""
     from datasets.annotations import parse_gt
 
     ranking = np.load(ranking_path)
     gt = parse_gt(gt_path)
     candidates = [q for q, qid in enumerate(ranking["query_ids"].tolist()) if qid in gt]
     chosen = sorted(random.Random(seed).sample(candidates, min(num_queries, len(candidates))))
+    no_relevant = set((results or {}).get("no_relevant_in_gallery", ()))
     rows = []
     for q in chosen:
         qid = int(ranking["query_ids"][q])
         relevant = set(gt[qid])
+        ranked = ranking["gallery_ids"][q].tolist()
         retrieved = [(pid, describe_gallery(pid), float(score), pid in relevant)
-                     for pid, score in zip(ranking["gallery_ids"][q, :topk].tolist(), ranking["scores"][q, :topk].tolist())]
-        rows.append((qid, describe_query(qid), retrieved))
-    return render_page(rows, out_path, title)
+                     for pid, score in zip(ranked[:topk], ranking["scores"][q, :topk].tolist()) if pid >= 0]
+        rows.append((qid, describe_query(qid), first_correct(ranked, relevant, qid in no_relevant), retrieved))
+    return render_page(rows, out_path, title, results)

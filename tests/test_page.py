@@ -34,11 +34,14 @@ def _search_mini(root, out):
 
 
 def _page(mini_root, tmp_path):
+    import json
+
     paths, gt = _search_mini(mini_root, tmp_path)
     page = build_page(str(tmp_path / "ranking.npz"), paths.gt_file("video2goods"),
                       dataset_items(paths, paths.query_list("video2goods")),
                       dataset_items(paths, paths.gallery_list("video2goods")),
-                      str(tmp_path / "page.html"), num_queries=3, topk=4, seed=0, title="video2goods test")
+                      str(tmp_path / "page.html"), num_queries=3, topk=4, seed=0, title="video2goods test",
+                      results=json.loads((tmp_path / "results.json").read_text()))
     return page, gt
 
 
@@ -80,3 +83,24 @@ def test_page_renders_in_headless_chromium(mini_root, tmp_path):
         mask = (np.abs(image - color) <= 12).all(-1)
         # a box border is a straight run of its colour wider than any thumbnail
         assert _longest_run(mask) >= 150, f"no {name} box border in the screenshot"
+
+
+def test_page_shows_the_runs_recall_and_where_each_query_finds_its_first_correct_item(mini_root, tmp_path):
+    import json
+
+    page, _ = _page(mini_root, tmp_path)
+    text = open(page, encoding="utf-8").read()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert text.index(f"R@1 {results['recall']['1']:.2f}  R@5 {results['recall']['5']:.2f}") < text.index('class="row"')
+    assert f"{results['num_queries']} queries" in text
+    assert text.count("first correct item at rank 1</div>") == 3  # the planted copies rank first
+    assert "flex-wrap: wrap" in text.split(".row {")[1].split("}")[0]  # rows wrap to the window
+
+
+def test_first_correct_rank_reads_the_whole_list_and_never_a_missing_neighbour():
+    from evaluate.page import first_correct
+
+    assert first_correct([5, 8, 3, 9], {3, 9}) == "first correct item at rank 3"
+    assert first_correct([5, -1, 3], {3}) == "first correct item at rank 2"
+    assert first_correct([5, 8, -1, -1], {7}) == "no correct item in the top 2"
+    assert first_correct([5, 8], {7}, no_relevant_in_gallery=True) == "no relevant item in the gallery"
