@@ -6,6 +6,7 @@ and renamed (`os.replace` is atomic on POSIX), so a process killed mid-write lea
 worst a `*.tmp` file, never a half-written checkpoint under a real name. Files copied or
 cut short by other means are caught when resuming: each candidate is loaded and checked.
 """
+import contextlib
 import dataclasses
 import glob
 import logging
@@ -66,17 +67,24 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (full disk, quota, ...); its partial file has been removed."""
 
 
-def _write_atomic(obj, path):
-    tmp = path + ".tmp"
+@contextlib.contextmanager
+def _partial_removed(tmp, what):
+    """Around the writing of `tmp`: an OSError (full disk, quota, ...) removes the partial file and
+    becomes a CheckpointWriteError saying `what` was being done."""
     try:
-        # through a Python file, so that a full disk raises OSError(ENOSPC) rather than torch's basic_ios::clear
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        yield
     except OSError as e:
         if os.path.lexists(tmp):
             os.remove(tmp)
-        raise CheckpointWriteError(e.errno, f"{e.strerror or e} while writing {path}; the partial file was removed "
-                                            "and the checkpoints written before it are kept") from None
+        raise CheckpointWriteError(e.errno, f"{e.strerror or e} while {what}; the partial file was removed and the "
+                                            "checkpoints written before it are kept") from None
+
+
+def _write_atomic(obj, path):
+    tmp = path + ".tmp"
+    # through a Python file, so that a full disk raises OSError(ENOSPC) rather than torch's basic_ios::clear
+    with _partial_removed(tmp, f"writing {path}"), open(tmp, "wb") as f:
+        torch.save(obj, f)
     os.replace(tmp, path)
 
 
@@ -87,13 +95,8 @@ def _link_or_copy(src, dst):
     try:
         os.link(src, tmp)
     except OSError:
-        try:
+        with _partial_removed(tmp, f"copying {src} to {dst}"):
             shutil.copyfile(src, tmp)
-        except OSError as e:
-            if os.path.lexists(tmp):
-                os.remove(tmp)
-            raise CheckpointWriteError(e.errno, f"{e.strerror or e} while copying {src} to {dst}; the partial file "
-                                                "was removed") from None
     os.replace(tmp, dst)
 
 
