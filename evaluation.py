@@ -244,10 +244,10 @@ def main(argv=None):
     elif args.command == "table":
         v2g, g2v = load_results(args.v2g, "video2goods"), load_results(args.g2v, "goods2video")
         values = table_row(v2g, g2v)
+        write_row(args.name, values, args.out_dir, checkpoint_of(v2g, g2v))  # saved first: `| head` may cut the output
         print_rows([(args.name, values)])
         if args.paper:
             print_paper()
-        write_row(args.name, values, args.out_dir, checkpoint_of(v2g, g2v))
     return 0
 
 

@@ -1,10 +1,10 @@
 """A self-contained HTML page of retrieval results, after Figure 5 of the paper.
 
-Each row: a sampled query (blue box), the rank of its first correct item in the whole ranked
-list, and its top-k retrievals by descending score, ground truth in green boxes and the rest
-in red, with thumbnails (a few frames of a video, the image of a product), titles and
-scores; rows wrap to the window. The run's R@K heads the page. Images are embedded as base64 JPEG, so the single
-file can be mailed or opened anywhere.
+The run's R@K heads the page. Each row: a sampled query (blue box), the rank of its first
+correct item in the whole ranked list, and its top-k retrievals by descending score, ground
+truth in green boxes and the rest in red, with thumbnails (a few frames of a video, the
+image of a product), titles and scores; rows wrap to the window. Images are embedded as
+base64 JPEG, so the single file can be mailed or opened anywhere.
 """
 import base64
 import html

@@ -96,14 +96,14 @@ def print_rows(rows):
 
 def print_paper():
     for table, rows in PAPER_TABLES.items():
-        print(f"\npaper, {table}")
+        print(f"\npaper (Real400K), {table}")
         print_rows(list(rows.items()))
 
 
 def checkpoint_of(v2g, g2v):
-    """The checkpoint a row's results came from ('a / b' when the two directions disagree)."""
+    """The checkpoint a row's results came from ('a / b' when the two directions disagree, '-' for none)."""
     a, b = v2g.get("checkpoint") or "", g2v.get("checkpoint") or ""
-    return a if a == b else f"{a} / {b}"
+    return a if a == b else f"{a or '-'} / {b or '-'}"
 
 
 def _atomic_write(path, text):

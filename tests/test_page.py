@@ -57,32 +57,51 @@ def test_page_is_self_contained_and_marks_ground_truth(mini_root, tmp_path):
     assert 'class="missing"' not in text and "src=\"/" not in text
 
 
-def _longest_run(mask):
-    best = 0
-    for line in mask:
+def _borders(mask):
+    """[(y, x0, x1)] of the horizontal runs of the mask wider than any thumbnail: box borders."""
+    runs = []
+    for y, line in enumerate(mask):
         edges = np.diff(np.concatenate([[0], line.astype(np.int8), [0]]))
         starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-        best = max(best, int((ends - starts).max(initial=0)))
-    return best
+        runs += [(y, int(a), int(b)) for a, b in zip(starts, ends) if b - a >= 150]
+    return runs
+
+
+def _screenshot(page, tmp_path, width, height):
+    """The page in a headless chromium window of width x height, as an (height, width, 3) int array."""
+    png = tmp_path / f"page{width}.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--screenshot={png}",
+                    f"--window-size={width},{height}", "file://" + os.path.abspath(page)],
+                   check=True, timeout=120, capture_output=True)
+    return np.asarray(Image.open(png).convert("RGB")).astype(int)
+
+
+def _mask(image, name):
+    color = np.array([int(COLORS[name][i:i + 2], 16) for i in (1, 3, 5)])
+    return (np.abs(image - color) <= 12).all(-1)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
 def test_page_renders_in_headless_chromium(mini_root, tmp_path):
     page, _ = _page(mini_root, tmp_path)
-    png = tmp_path / "page.png"
-    profile = tmp_path / "chromium-profile"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={profile}", f"--screenshot={png}", "--window-size=1200,700",
-                    "file://" + os.path.abspath(page)], check=True, timeout=120, capture_output=True)
-    image = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    image = _screenshot(page, tmp_path, 1200, 700)
     assert image.shape[:2] == (700, 1200)
     assert image.std() > 20  # not a blank page
     for name in ("query", "gt", "other"):
-        color = np.array([int(COLORS[name][i:i + 2], 16) for i in (1, 3, 5)])
-        mask = (np.abs(image - color) <= 12).all(-1)
-        # a box border is a straight run of its colour wider than any thumbnail
-        assert _longest_run(mask) >= 150, f"no {name} box border in the screenshot"
+        assert _borders(_mask(image, name)), f"no {name} box border in the screenshot"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_rows_wrap_in_a_narrow_window(mini_root, tmp_path):
+    """5 boxes of 226 px a row do not fit 600 px: they wrap, none is cut at the right edge, the query stays first."""
+    page, _ = _page(mini_root, tmp_path)
+    image = _screenshot(page, tmp_path, 600, 1400)
+    boxes = _mask(image, "query") | _mask(image, "gt") | _mask(image, "other")
+    assert boxes.any() and not boxes[:, -40:].any()  # no box runs off the right edge (or under the scrollbar)
+    borders = sorted((y, x0, name) for name in COLORS for y, x0, _ in _borders(_mask(image, name)))
+    assert borders[0][2] == "query"  # top left border: the first row of boxes begins with its query
 
 
 def test_page_shows_the_runs_recall_and_where_each_query_finds_its_first_correct_item(mini_root, tmp_path):
@@ -95,6 +114,22 @@ def test_page_shows_the_runs_recall_and_where_each_query_finds_its_first_correct
     assert f"{results['num_queries']} queries" in text
     assert text.count("first correct item at rank 1</div>") == 3  # the planted copies rank first
     assert "flex-wrap: wrap" in text.split(".row {")[1].split("}")[0]  # rows wrap to the window
+
+
+def test_make_page_heads_the_page_with_the_runs_recall(mini_root, tmp_path):
+    """evaluation.make_page reads results.json from the folder of ranking.npz."""
+    import json
+
+    from utils.config import load_config
+
+    cfg = load_config("configs/demo.yaml", [f"data.root={mini_root}", f"output_dir={tmp_path}", "eval.feature=fused",
+                                            "eval.page_queries=2", "eval.page_topk=3"])
+    d = tmp_path / evaluation.out_dir(cfg, "fused")  # an absolute path under tmp_path
+    d.mkdir(parents=True)
+    _search_mini(mini_root, d)
+    text = open(evaluation.make_page(cfg), encoding="utf-8").read()
+    recall = json.loads((d / "results.json").read_text())["recall"]
+    assert text.count('class="row"') == 2 and f"R@1 {recall['1']:.2f}  R@5 {recall['5']:.2f}" in text
 
 
 def test_first_correct_rank_reads_the_whole_list_and_never_a_missing_neighbour():

@@ -64,10 +64,29 @@ def test_paper_rows_are_printed_beside_the_users(tmp_path, capsys):
     v, g = _write(tmp_path, PAPER_TABLES["Table 2"]["Ours-Q"])
     evaluation.main(["table", v, g, "--name", "mine", "--out-dir", str(tmp_path), "--paper"])
     out = capsys.readouterr().out
-    assert out.index("mine ") < out.index("paper, Table 2") < out.index("paper, Table 3") < out.index("paper, Table 4")
+    assert out.index("mine ") < out.index("paper (Real400K), Table 2") < out.index("Table 3") < out.index("Table 4")
     lines = out.splitlines()
     row = next(line for line in lines if line.startswith("XCLIP-Q "))
     assert row.split()[1:] == "34.20 43.60 54.51 64.22 43.94 53.36 62.02 71.24 39.07 48.48 58.27 67.73 53.38".split()
     real20m = next(line for line in lines if line.startswith("Q + P (Real20M) "))
     assert real20m.split()[-5:] == ["51.59", "60.61", "69.99", "79.83", "65.50"]
     assert len(PAPER_TABLES["Table 2"]) == 17 and len(PAPER_TABLES["Table 3"]) == 4
+
+
+def test_checkpoint_cell_names_both_directions_when_they_differ():
+    from evaluate.table import checkpoint_of
+
+    assert checkpoint_of({"checkpoint": "a.pth"}, {"checkpoint": "a.pth"}) == "a.pth"
+    assert checkpoint_of({"checkpoint": "a.pth"}, {"checkpoint": "b.pth"}) == "a.pth / b.pth"
+    assert checkpoint_of({"checkpoint": "a.pth"}, {"checkpoint": None}) == "a.pth / -"
+    assert checkpoint_of({"checkpoint": None}, {}) == ""
+
+
+def test_table_arguments_have_help_texts(capsys):
+    with pytest.raises(SystemExit):
+        evaluation.main(["table", "-h"])
+    usage, listing = capsys.readouterr().out.split("positional arguments:")
+    assert "the paper's row" in usage
+    for arg in ("v2g", "g2v", "--name NAME", "--out-dir OUT_DIR", "--paper"):
+        line = next(line for line in listing.splitlines() if line.strip().startswith(arg))
+        assert len(line.split(None, len(arg.split()))[-1]) > 10, line
