@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/bench_train.py [--config configs/demo.yaml] [--steps 40] [key=value ...]
 
+Run it from the repository root: the demo config reads data/mini (sh scripts/mini_dataset.sh makes it).
+
 Each layout trains `--steps` optimizer steps through train.sh (fresh output folder, no resume),
 `--repeats` times, interleaved with the other layout, and reads the runs' metrics.jsonl. Over the
 log windows after the first (start-up excluded): samples/s = samples / wall time of those
