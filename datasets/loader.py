@@ -1,14 +1,16 @@
 """Builders of the training loader and the evaluation dataset from a config, and their collates."""
-import gc
+import os
 import random
 
 import numpy as np
 import torch
 
-from datasets.annotations import DatasetPaths, parse_train_file
+from datasets.annotations import DatasetPaths
 from datasets.eval_dataset import EvalDataset
 from datasets.sampler import DomainBatchSampler, ItemBatchSampler
 from datasets.train_dataset import TrainDataset
+from datasets.train_index import load_train_index
+from utils.distributed import barrier
 
 TRAIN_TENSOR_KEYS = ("query_ids", "query_mask", "frames", "text_ids", "text_mask")
 EVAL_TENSOR_KEYS = ("frames", "text_ids", "text_mask")
@@ -58,7 +60,15 @@ def build_train_loader(cfg, rank, world_size, sampler_class=DomainBatchSampler):
     data = cfg["data"]
     paths = DatasetPaths.from_config(data)
     paths.require(paths.train_file)
-    entries = parse_train_file(paths.train_file)
+    # rank 0 builds the index (if its cache is absent) while the others wait, then they map the same files;
+    # the cache sits beside the training file (shared by later runs) unless that folder is read-only
+    writable = os.access(os.path.dirname(os.path.abspath(paths.train_file)), os.W_OK)
+    cache_dir = None if writable else os.path.join(cfg["output_dir"], "train_index")
+    if rank == 0:
+        entries = load_train_index(paths.train_file, cache_dir)
+    barrier()
+    if rank != 0:
+        entries = load_train_index(paths.train_file, cache_dir)
     sampler = sampler_class(entries, cfg["train"]["batch_size"], rank, world_size, seed=cfg["seed"])
     dataset = TrainDataset(
         paths, entries, num_frames=data["num_frames"], image_size=data["image_size"],
@@ -66,9 +76,6 @@ def build_train_loader(cfg, rank, world_size, sampler_class=DomainBatchSampler):
         frame_source=data["frame_source"], seed=cfg["seed"], title_aug_prob=data["title_aug_prob"],
         video_text_keep_prob=data["video_text_keep_prob"])
     workers = data["num_workers"]
-    # The annotation objects live as long as the process: keeping the garbage collector off them
-    # stops it from touching (and so copying) their pages in every forked worker.
-    gc.freeze()
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate_train, num_workers=workers,
         worker_init_fn=_SeedWorker(cfg["seed"] + rank),
