@@ -22,7 +22,7 @@ import numpy as np
 from evaluate.extract import FEATURES, extract_features, merged_paths
 from evaluate.features import NonFiniteFeatures, load_features
 from evaluate.metrics import recall_at_k
-from evaluate.search import search
+from evaluate.search import search_gallery
 from evaluate.table import checkpoint_of, load_results, print_paper, print_rows, table_row, write_row
 
 SIDES = ("query", "gallery")
@@ -105,13 +105,14 @@ def extract(cfg):
 
 
 def search_and_score(query_feats, query_ids, gallery_feats, gallery_ids, gt_path, out_path, topk=(10, 20, 50, 100),
-                     direction=None, feature=None, checkpoint=None):
-    """Search, score and write `out_path` (results.json) plus ranking.npz (the top lists) beside it."""
+                     direction=None, feature=None, checkpoint=None, search_options=None):
+    """Search, score and write `out_path` (results.json) plus ranking.npz (the top lists) beside it.
+    `search_options`: evaluate.search.search_gallery's index, block_rows and ivf_pq (default: exact)."""
     from datasets.annotations import parse_gt
 
     q, qids = load_features(query_feats, query_ids)
-    g, gids = load_features(gallery_feats, gallery_ids)
-    scores, rows = search(q, g, max(topk))
+    g, gids = load_features(gallery_feats, gallery_ids, mmap=True)
+    scores, rows = search_gallery(q, g, max(topk), **(search_options or {}))
     metrics = recall_at_k(qids, rows, gids, parse_gt(gt_path), topk, gt_source=gt_path)
     results = {"direction": direction, "feature": feature, "checkpoint": checkpoint, **metrics,
                "num_gallery": len(gids)}
@@ -144,8 +145,10 @@ def search_direction(cfg):
     for feature in feature_names(cfg):
         d = out_dir(cfg, feature)
         q, g = (merged_paths(os.path.join(d, side)) for side in SIDES)
+        e = cfg["eval"]
         results[feature] = search_and_score(*q, *g, paths.gt_file(direction), os.path.join(d, "results.json"),
-                                            cfg["eval"]["topk"], direction, feature, cfg["eval"]["checkpoint"])
+                                            e["topk"], direction, feature, e["checkpoint"],
+                                            {k: e[k] for k in ("index", "block_rows", "ivf_pq")})
         print(summary(results[feature]), flush=True)
         print(f"results: {os.path.join(d, 'results.json')}", flush=True)
     return results

@@ -34,6 +34,7 @@ CHOICES = {
     ("eval", "feature"): ("fused", "visual", "text", "all"),
     ("eval", "dtype"): ("float16", "float32"),
     ("eval", "direction"): ("video2goods", "goods2video"),
+    ("eval", "index"): ("flat", "ivf_pq"),
     ("pretrain", "stage"): ("1", "2", "joint"),
 }
 

@@ -85,12 +85,24 @@ def read_text_features(path):
     return np.stack(rows), ids
 
 
-def load_features(feats_path, ids_path=None):
-    """(float32 [N, D], ids) from a .npy + ids file, or from the authors' text format (ids inline)."""
+def _first_non_finite(feats, block_rows=1_000_000):
+    """(row of the first non-finite value, number of such rows) of a matrix read block by block, or (None, 0)."""
+    first, count = None, 0
+    for start in range(0, feats.shape[0], block_rows):
+        bad = np.flatnonzero(~np.isfinite(feats[start:start + block_rows]).all(axis=1))
+        if bad.size and first is None:
+            first = start + int(bad[0])
+        count += bad.size
+    return first, count
+
+
+def load_features(feats_path, ids_path=None, mmap=False):
+    """(float32 [N, D], ids) from a .npy + ids file, or from the authors' text format (ids inline);
+    mmap=True leaves a .npy memory-mapped in its stored dtype (a gallery larger than memory)."""
     if feats_path.endswith(".npy"):
         if ids_path is None:
             raise ValueError(f"{feats_path}: a .npy feature file needs its ids file (one id per line)")
-        feats = np.load(feats_path).astype(np.float32, copy=False)
+        feats = np.load(feats_path, mmap_mode="r") if mmap else np.load(feats_path).astype(np.float32, copy=False)
         ids = read_ids(ids_path)
         if feats.ndim != 2 or feats.shape[0] != len(ids):
             raise ValueError(f"{feats_path}: expected an [N, D] matrix with one row per id of {ids_path} "
@@ -99,10 +111,10 @@ def load_features(feats_path, ids_path=None):
         feats, ids = read_text_features(feats_path)
         if ids_path is not None and read_ids(ids_path) != ids:
             raise ValueError(f"{ids_path}: ids differ from the ids inside {feats_path}")
-    bad = np.flatnonzero(~np.isfinite(feats).all(axis=1))
-    if bad.size:
-        raise NonFiniteFeatures(f"{feats_path}: row {bad[0] + 1} (item id {ids[bad[0]]}) holds NaN or inf values "
-                                f"({bad.size} of {len(ids)} rows do); expected finite features")
+    first, count = _first_non_finite(feats)
+    if count:
+        raise NonFiniteFeatures(f"{feats_path}: row {first + 1} (item id {ids[first]}) holds NaN or inf values "
+                                f"({count} of {len(ids)} rows do); expected finite features")
     seen = {}
     for row, pid in enumerate(ids):
         if pid in seen:

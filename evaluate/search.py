@@ -1,8 +1,10 @@
-"""Exact top-K search by cosine similarity with a faiss inner-product index.
+"""Top-K search by cosine similarity with faiss inner-product indexes.
 
 The same code runs with faiss-cpu and faiss-gpu: GPUs are used only when faiss reports some.
-With several GPUs the gallery is sharded across all of them (each holds 1/n of it), so a
-Real20M-size gallery that does not fit on one card still gets exact search.
+With several GPUs the gallery is sharded across all of them (each holds 1/n of it). The gallery
+may be a memory-mapped .npy: `search_blocks` (exact, the default) reads it block by block and
+merges the blocks' top-K lists, and `search_ivfpq` (eval.index=ivf_pq) trains an IVF-PQ index on
+a sample and adds the gallery block by block, so neither holds a Real20M gallery in memory.
 """
 import faiss
 import numpy as np
@@ -52,3 +54,55 @@ def search(query, gallery, k, use_gpu=None, batch_size=8192):
         scores[start:start + batch_size], rows[start:start + batch_size] = index.search(query[start:start + batch_size], k)
     order = np.lexsort((rows, -scores), axis=-1)
     return np.take_along_axis(scores, order, -1), np.take_along_axis(rows, order, -1)
+
+
+def _merge(scores, rows, k):
+    """The best k of each query's candidates [Nq, C], ordered by score then gallery row."""
+    order = np.lexsort((rows, -scores), axis=-1)[:, :k]
+    return np.take_along_axis(scores, order, -1), np.take_along_axis(rows, order, -1)
+
+
+def search_blocks(query, gallery, k, block_rows=1_000_000, use_gpu=None, batch_size=8192):
+    """Exact top-k as `search`, over `gallery` read `block_rows` rows at a time: memory holds one block
+    (as float32) and the running top-k lists, whatever the gallery's size."""
+    n = gallery.shape[0]
+    k = min(int(k), n)
+    best_scores = np.empty((query.shape[0], 0), dtype=np.float32)
+    best_rows = np.empty((query.shape[0], 0), dtype=np.int64)
+    for start in range(0, n, block_rows):
+        scores, rows = search(query, gallery[start:start + block_rows], k, use_gpu, batch_size)
+        best_scores, best_rows = _merge(np.concatenate([best_scores, scores], 1),
+                                        np.concatenate([best_rows, rows + start], 1), k)
+    return best_scores, best_rows
+
+
+def search_ivfpq(query, gallery, k, nlist, m, nprobe, train_rows, block_rows=1_000_000, seed=0, batch_size=8192):
+    """Approximate top-k with faiss IndexIVFPQ (inner product, 8-bit codes): trained on `train_rows` gallery
+    rows drawn at random, the gallery added block by block, `nprobe` of the `nlist` lists searched. A
+    query may get fewer than k neighbours: the rest of its row is -1 (score -inf)."""
+    n, dim = gallery.shape
+    if dim % m:
+        raise ValueError(f"eval.ivf_pq.m={m} must divide the feature dimension {dim}")
+    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+    sample = np.sort(np.random.default_rng(seed).choice(n, min(n, train_rows), replace=False))
+    index.train(normalize(gallery[sample]))
+    for start in range(0, n, block_rows):
+        index.add(normalize(gallery[start:start + block_rows]))
+    index.nprobe = nprobe
+    query = normalize(query)
+    k = min(int(k), n)
+    scores = np.empty((query.shape[0], k), dtype=np.float32)
+    rows = np.empty((query.shape[0], k), dtype=np.int64)
+    for start in range(0, query.shape[0], batch_size):
+        scores[start:start + batch_size], rows[start:start + batch_size] = index.search(query[start:start + batch_size], k)
+    scores[rows < 0] = -np.inf
+    return scores, rows
+
+
+def search_gallery(query, gallery, k, index="flat", block_rows=1_000_000, ivf_pq=None, use_gpu=None):
+    """Top-k by the method of eval.index: "flat" (exact, block by block) or "ivf_pq" (eval.ivf_pq settings)."""
+    if index == "flat":
+        return search_blocks(query, gallery, k, block_rows, use_gpu)
+    if index == "ivf_pq":
+        return search_ivfpq(query, gallery, k, block_rows=block_rows, **ivf_pq)
+    raise ValueError(f"eval.index={index!r}: expected flat or ivf_pq")

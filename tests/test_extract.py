@@ -161,8 +161,8 @@ def test_a_missing_neighbour_is_never_turned_into_a_gallery_id(tmp_path, monkeyp
     save_features(str(tmp_path / "g.npy"), str(tmp_path / "g.txt"), np.eye(3, dtype=np.float32), [7, 8, 9])
     (tmp_path / "gt.txt").write_text("1\t7\n2\t8\n")
     # what an approximate index returns when it finds fewer than k neighbours
-    monkeypatch.setattr(evaluation, "search", lambda q, g, k: (np.array([[1.0, 0, -np.inf]] * 2, dtype=np.float32),
-                                                               np.array([[0, 2, -1], [1, 2, -1]])))
+    monkeypatch.setattr(evaluation, "search_gallery", lambda q, g, k, **options: (
+        np.array([[1.0, 0, -np.inf]] * 2, dtype=np.float32), np.array([[0, 2, -1], [1, 2, -1]])))
     evaluation.search_and_score(str(tmp_path / "q.npy"), str(tmp_path / "q.txt"), str(tmp_path / "g.npy"),
                                 str(tmp_path / "g.txt"), str(tmp_path / "gt.txt"), str(tmp_path / "r.json"), (3,))
     ranking = np.load(tmp_path / "ranking.npz")
