@@ -5,7 +5,9 @@
 Generates a train.txt of `--queries` queries with 0-10 goods and 0-20 video pids each (at least one
 item), then measures, each in a fresh process: parse_train_file; the first load_train_index (build);
 a cached load_train_index (open); one epoch plan of the sampler over the index (80 per process x 8
-ranks). Reports seconds, the process's resident memory after the step, and the ratios.
+ranks); 2 forked DataLoader workers reading 10,000 random entries each, from the index and from the
+parsed list. Reports seconds, the process's resident memory after the step, the workers' private
+memory growth, and the ratios.
 """
 import argparse
 import json
@@ -28,10 +30,30 @@ with open("/proc/self/statm") as f:
     rss = int(f.read().split()[1]) * 4096
 print(json.dumps({{"seconds": seconds, "rss_mb": rss / 2**20}}))
 """
+# 2 DataLoader workers (forked) each read 10,000 random entries; each reports the growth of its private
+# (resident minus file-backed) memory: pages of parsed objects get copied when their reference counts change.
+WORKERS = """import random, torch
+def private_mb():
+    fields = open("/proc/self/statm").read().split()
+    return (int(fields[1]) - int(fields[2])) * 4096 / 2**20
+class Reads(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+    def __getitem__(self, worker):
+        rng, before = random.Random(worker), private_mb()
+        for _ in range(10000):
+            index[rng.randrange(len(index))]
+        return private_mb() - before
+growth = list(torch.utils.data.DataLoader(Reads(), batch_size=None, num_workers=2))
+print(json.dumps({"worker_growth_mb": growth}))
+"""
 STEPS = {
     "parse": "from datasets.annotations import parse_train_file\nentries = parse_train_file({path!r})",
     "build": "from datasets.train_index import load_train_index\nindex = load_train_index({path!r}, {cache!r})",
     "open": "from datasets.train_index import load_train_index\nindex = load_train_index({path!r}, {cache!r})",
+    "workers": "from datasets.train_index import load_train_index\nindex = load_train_index({path!r}, {cache!r})\n"
+               "{workers}",
+    "workers_parsed": "from datasets.annotations import parse_train_file\nindex = parse_train_file({path!r})\n{workers}",
     "plan": ("from datasets.train_index import load_train_index\nfrom datasets.sampler import DomainBatchSampler\n"
              "index = load_train_index({path!r}, {cache!r})\nt0 = time.perf_counter()\n"
              "DomainBatchSampler(index, 80, 0, 8, seed=0)"),
@@ -54,9 +76,12 @@ def generate(path, queries, seed=0):
 
 
 def measure(name, path, cache):
-    code = STEP.format(repo=REPO, code=STEPS[name].format(path=path, cache=cache))
+    code = STEP.format(repo=REPO, code=STEPS[name].format(path=path, cache=cache, workers=WORKERS))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = {}
+    for line in out.stdout.strip().splitlines():
+        result.update(json.loads(line))
+    return result
 
 
 def main():
@@ -70,9 +95,12 @@ def main():
     generate(path, args.queries)
     print(f"{args.queries} queries, {os.path.getsize(path) / 2**20:.0f} MB, generated in "
           f"{time.perf_counter() - t0:.0f} s")
-    results = {name: measure(name, path, cache) for name in ("parse", "build", "open", "plan")}
+    results = {name: measure(name, path, cache) for name in ("parse", "build", "open", "plan", "workers",
+                                                             "workers_parsed")}
     for name, r in results.items():
-        print(f"{name:6s} {r['seconds']:7.2f} s   resident {r['rss_mb']:7.0f} MB")
+        extra = (f"   private memory growth of each of 2 workers after 10,000 random reads: "
+                 f"{', '.join(f'{g:.1f}' for g in r['worker_growth_mb'])} MB") if "worker_growth_mb" in r else ""
+        print(f"{name:14s} {r['seconds']:7.2f} s   resident {r['rss_mb']:7.0f} MB{extra}")
     parse, build, opened = results["parse"], results["build"], results["open"]
     print(f"build / parse: {build['seconds'] / parse['seconds']:.2f} x time; open / parse: "
           f"{opened['seconds'] / parse['seconds']:.3f} x time, {opened['rss_mb'] / parse['rss_mb']:.2f} x memory; "

@@ -6,7 +6,16 @@
    torch matmul + topk in the same run; both must return the same lists.
 2. Size and write (and read) time of the gallery features as .npy float16 / float32 + ids file
    (evaluate.features) against the authors' text format `pid \\t f1,...,f512`.
+
+    .venv/bin/python benchmarks/bench_search.py --ivfpq [--gallery 1000000] [--queries 1000] [--nlist 1024]
+
+3. (--ivfpq) Past one machine's memory: a float16 gallery on disk with planted neighbours (each query a
+   noisy copy of one gallery item), searched from a memory map by the blocked exact search
+   (eval.index=flat) and by IVF-PQ (eval.index=ivf_pq), each in its own process: R@100 of the planted
+   items, IVF-PQ's against flat's, the search times and their ratio, and each process's peak memory.
 """
+import json
+import subprocess
 import argparse
 import os
 import sys
@@ -43,8 +52,79 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
+RUN = """
+import json, resource, sys, time
+import numpy as np
+sys.path.insert(0, {repo!r})
+from evaluate.search import build_ivfpq, search_blocks, search_index
+gallery = np.load({gallery!r}, mmap_mode="r")
+query = np.load({query!r})
+options = json.loads({options!r})
+start = time.perf_counter()
+if options["index"] == "flat":
+    built = start
+    scores, rows = search_blocks(query, gallery, 100, options["block_rows"])
+else:
+    o = options["ivf_pq"]
+    index = build_ivfpq(gallery, o["nlist"], o["m"], o["train_rows"], options["block_rows"])
+    built = time.perf_counter()
+    scores, rows = search_index(index, query, 100, o["nprobe"])
+end = time.perf_counter()
+np.save({out!r}, rows)
+print(json.dumps({{"build_s": built - start, "search_s": end - built,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def compare_ivfpq(args):
+    """Blocked flat search against IVF-PQ on a gallery memory-mapped from disk (part 3 of the docstring)."""
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+        gallery_path, query_path = os.path.join(d, "gallery.npy"), os.path.join(d, "query.npy")
+        gallery = np.lib.format.open_memmap(gallery_path, mode="w+", dtype=np.float16, shape=(args.gallery, args.dim))
+        for start in range(0, args.gallery, 100_000):  # written in blocks: the parent never holds it either
+            gallery[start:start + 100_000] = random_unit(rng, min(100_000, args.gallery - start), args.dim)
+        gallery.flush()
+        planted = rng.choice(args.gallery, args.queries, replace=False)
+        noise = rng.standard_normal((args.queries, args.dim), dtype=np.float32) * 0.02
+        np.save(query_path, gallery[planted].astype(np.float32) + noise)
+        del gallery
+        print(f"{args.queries} queries (noisy copies of planted gallery items) x {args.gallery} gallery x {args.dim} "
+              f"float16 ({args.gallery * args.dim * 2 / 2**30:.2f} GiB on disk), top 100")
+        runs = {"flat (blocked)": {"index": "flat", "block_rows": args.block_rows},
+                "ivf_pq": {"index": "ivf_pq", "block_rows": args.block_rows,
+                           "ivf_pq": {"nlist": args.nlist, "m": args.m, "nprobe": args.nprobe,
+                                      "train_rows": args.train_rows}}}
+        found = {}
+        for name, options in runs.items():
+            out = os.path.join(d, "rows.npy")
+            code = RUN.format(repo=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), gallery=gallery_path,
+                              query=query_path, options=json.dumps(options), out=out)
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows = np.load(out)
+            recall = float(np.mean([p in r for p, r in zip(planted, rows)]))
+            found[name] = (result, recall)
+            print(f"{name:15s} build {result['build_s']:7.1f} s, search {result['search_s']:7.1f} s   R@100 of the "
+                  f"planted items {100 * recall:6.2f} %   peak memory {result['peak_mb']:7.0f} MB   {options}")
+        base = subprocess.run([sys.executable, "-c", "import resource, sys; sys.path.insert(0, sys.argv[1]); "
+                               "import evaluate.search; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)",
+                               os.path.dirname(os.path.dirname(os.path.abspath(__file__)))],
+                              capture_output=True, text=True, check=True)
+        print(f"(a process that only imports evaluate.search peaks at {int(base.stdout) / 1024:.0f} MB)")
+        (flat, flat_recall), (ivf, ivf_recall) = found["flat (blocked)"], found["ivf_pq"]
+        print(f"ivf_pq / flat: R@100 {ivf_recall / flat_recall:.3f} x; search {flat['search_s'] / ivf['search_s']:.1f} x "
+              f"faster, {flat['search_s'] / (ivf['build_s'] + ivf['search_s']):.2f} x with the index build")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ivfpq", action="store_true", help="part 3: blocked flat search against IVF-PQ")
+    parser.add_argument("--block-rows", type=int, default=200_000, help="--ivfpq: gallery rows per block")
+    parser.add_argument("--nlist", type=int, default=1024)
+    parser.add_argument("--m", type=int, default=64)
+    parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--train-rows", type=int, default=65536)
     parser.add_argument("--queries", type=int, default=3000)
     parser.add_argument("--gallery", type=int, default=200000)
     parser.add_argument("--dim", type=int, default=512)
@@ -52,6 +132,8 @@ def main():
     parser.add_argument("--block", type=int, default=256, help="queries per torch matmul block")
     parser.add_argument("--dir", default=None, help="where to write the feature files (default: a temp dir)")
     args = parser.parse_args()
+    if args.ivfpq:
+        return compare_ivfpq(args)
 
     rng = np.random.default_rng(0)
     query, gallery = random_unit(rng, args.queries, args.dim), random_unit(rng, args.gallery, args.dim)

@@ -20,6 +20,14 @@ TrainSample = namedtuple("TrainSample", "epoch query_index domain pid batch_quer
                          defaults=(frozenset(), 0, 1))
 
 
+def item_lists(entries):
+    """(goods pids, video pids) of each entry: a datasets.train_index.TrainIndex gives them without building
+    its entries, a list of TrainEntry from its attributes."""
+    if hasattr(entries, "item_lists"):
+        return entries.item_lists()
+    return ((e.goods, e.videos) for e in entries)
+
+
 def cut_global_batches(by_domain, global_size, rng):
     """{domain: samples} -> the global batches of the epoch in a shuffled order: each domain's
     samples shuffled and cut into batches of `global_size`, a short remainder dropped."""
@@ -69,12 +77,12 @@ class DomainBatchSampler:
         # a string seed is hashed by `random` itself: the same on every rank and every run
         rng = random.Random(f"domain-batches:{self.seed}:{epoch}")
         by_domain = {d: [] for d in DOMAINS}
-        for index, entry in enumerate(self.entries):
-            if entry.goods and entry.videos:
+        for index, (goods, videos) in enumerate(item_lists(self.entries)):
+            if goods and videos:
                 domain = DOMAINS[rng.random() < 0.5]
             else:
-                domain = "goods" if entry.goods else "video"
-            pids = entry.goods if domain == "goods" else entry.videos
+                domain = "goods" if goods else "video"
+            pids = goods if domain == "goods" else videos
             by_domain[domain].append(TrainSample(epoch, index, domain, rng.choice(pids)))
         return cut_global_batches(by_domain, self.batch_size * self.world_size, rng)
 
@@ -98,8 +106,8 @@ class ItemBatchSampler(DomainBatchSampler):
     def __init__(self, entries, batch_size, rank=0, world_size=1, seed=0):
         self.items = {d: [] for d in DOMAINS}
         seen = {d: set() for d in DOMAINS}
-        for index, entry in enumerate(entries):
-            for domain, pids in (("goods", entry.goods), ("video", entry.videos)):
+        for index, (goods, videos) in enumerate(item_lists(entries)):
+            for domain, pids in (("goods", goods), ("video", videos)):
                 for pid in pids:
                     if pid not in seen[domain]:
                         seen[domain].add(pid)

@@ -20,6 +20,7 @@ from datasets.annotations import AnnotationError, read_frame_ids, read_goods_tex
 from datasets.counters import SharedCounters
 from datasets.frames import UnreadableImage, decode_video, load_image, segment_indices, stack_frames
 from datasets.text import augment_title, goods_title, video_text
+from datasets.sampler import item_lists
 from datasets.tokenizer import Tokenizer
 from datasets.transforms import TrainClipTransform
 
@@ -49,10 +50,11 @@ class TrainDataset:
         self.video_text_keep_prob = video_text_keep_prob
         self.transform = TrainClipTransform(image_size, crop_scale)
         # queries that can stand in for an unreadable item, per domain
-        self._queries_with = {
-            "goods": [i for i, e in enumerate(entries) if e.goods],
-            "video": [i for i, e in enumerate(entries) if e.videos],
-        }
+        self._queries_with = {"goods": [], "video": []}
+        for i, (goods, videos) in enumerate(item_lists(entries)):
+            for domain, pids in (("goods", goods), ("video", videos)):
+                if pids:
+                    self._queries_with[domain].append(i)
         self.counts = SharedCounters("unreadable_images", "replaced_samples", "unreadable_texts", "empty_texts")
         self._logged = set()  # per process: files already reported
 

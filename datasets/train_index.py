@@ -67,7 +67,8 @@ class TrainIndex:
         self._open()
 
     def _open(self):
-        a = {name: np.load(os.path.join(self.folder, name + ".npy"), mmap_mode="r") for name in ARRAYS}
+        # plain ndarray views of the mapped files: slicing them is several times faster than slicing np.memmap
+        a = {name: np.asarray(np.load(os.path.join(self.folder, name + ".npy"), mmap_mode="r")) for name in ARRAYS}
         self._text, self._text_offsets = a["query_bytes"], a["query_offsets"]
         self._pids = {"goods": (a["goods"], a["goods_offsets"]), "videos": (a["videos"], a["videos_offsets"])}
 
@@ -102,6 +103,12 @@ class TrainIndex:
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
+
+    def item_lists(self):
+        """(goods, videos) of every query in order, without decoding the query texts (the sampler's epoch plan)."""
+        (goods, go), (videos, vo) = self._pids["goods"], self._pids["videos"]
+        for i in range(len(self)):
+            yield goods[go[i]:go[i + 1]].tolist(), videos[vo[i]:vo[i + 1]].tolist()
 
 
 def load_train_index(path, cache_dir=None):

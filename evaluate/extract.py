@@ -92,10 +92,9 @@ def _encode_shard(model, dataset, features, rank, world_size, device, batch_size
             indices.extend(batch_index)
             pids.extend(batch_pid)
             bar.update(len(batch["frames"]))
-    if rank == 0:
-        seconds = time.time() - start
-        print(f"{desc}: {len(indices)} items per rank x {world_size} ranks in {seconds:.1f} s "
-              f"({len(indices) * world_size / max(seconds, 1e-9):.1f} items/s)", flush=True)
+    seconds = time.time() - start
+    print(f"{desc}: rank {rank} of {world_size}: {len(indices)} items in {seconds:.1f} s "
+          f"({len(indices) / max(seconds, 1e-9):.1f} items/s, {num_workers} loader workers)", flush=True)
     return {f: np.concatenate(v) for f, v in feats.items()}, indices, pids
 
 

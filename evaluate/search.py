@@ -76,10 +76,9 @@ def search_blocks(query, gallery, k, block_rows=1_000_000, use_gpu=None, batch_s
     return best_scores, best_rows
 
 
-def search_ivfpq(query, gallery, k, nlist, m, nprobe, train_rows, block_rows=1_000_000, seed=0, batch_size=8192):
-    """Approximate top-k with faiss IndexIVFPQ (inner product, 8-bit codes): trained on `train_rows` gallery
-    rows drawn at random, the gallery added block by block, `nprobe` of the `nlist` lists searched. A
-    query may get fewer than k neighbours: the rest of its row is -1 (score -inf)."""
+def build_ivfpq(gallery, nlist, m, train_rows, block_rows=1_000_000, seed=0):
+    """faiss IndexIVFPQ (inner product, 8-bit codes) trained on `train_rows` gallery rows drawn at random,
+    the gallery added block by block (its codes take m bytes a row)."""
     n, dim = gallery.shape
     if dim % m:
         raise ValueError(f"eval.ivf_pq.m={m} must divide the feature dimension {dim}")
@@ -88,15 +87,26 @@ def search_ivfpq(query, gallery, k, nlist, m, nprobe, train_rows, block_rows=1_0
     index.train(normalize(gallery[sample]))
     for start in range(0, n, block_rows):
         index.add(normalize(gallery[start:start + block_rows]))
+    return index
+
+
+def search_index(index, query, k, nprobe, batch_size=8192):
+    """Top-k of an IVF index probing `nprobe` lists; a query may get fewer than k neighbours: the rest of its
+    row is -1 (score -inf)."""
     index.nprobe = nprobe
     query = normalize(query)
-    k = min(int(k), n)
+    k = min(int(k), index.ntotal)
     scores = np.empty((query.shape[0], k), dtype=np.float32)
     rows = np.empty((query.shape[0], k), dtype=np.int64)
     for start in range(0, query.shape[0], batch_size):
         scores[start:start + batch_size], rows[start:start + batch_size] = index.search(query[start:start + batch_size], k)
     scores[rows < 0] = -np.inf
     return scores, rows
+
+
+def search_ivfpq(query, gallery, k, nlist, m, nprobe, train_rows, block_rows=1_000_000, seed=0):
+    """Approximate top-k: build_ivfpq, then search_index."""
+    return search_index(build_ivfpq(gallery, nlist, m, train_rows, block_rows, seed), query, k, nprobe)
 
 
 def search_gallery(query, gallery, k, index="flat", block_rows=1_000_000, ivf_pq=None, use_gpu=None):
