@@ -38,6 +38,19 @@ def test_malformed_lines_give_the_parsers_error_and_leave_no_cache(tmp_path, lin
     assert not cache.exists() or not os.listdir(cache)
 
 
+def test_blank_lines_none_trailing_commas_and_a_bom_read_as_the_parser_reads_them(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_bytes("\ufeff红色杯子\t11,12\tNone\n\n 蓝色背包 \tNone\t50001\r\n格子帽子\t7\t8,9,\n".encode())
+    assert list(load_train_index(str(path), str(tmp_path / "cache"))) == parse_train_file(str(path))
+
+
+def test_a_file_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_bytes("红色杯子\t1\tNone\n".encode("gbk"))
+    with pytest.raises(AnnotationError, match=f"{path}: expected UTF-8 text"):
+        load_train_index(str(path), str(tmp_path / "cache"))
+
+
 def test_the_cache_is_reused_and_follows_the_file(tmp_path, monkeypatch):
     path = tmp_path / "train.txt"
     path.write_text("a\t1\tNone\nb\tNone\t2,3\n", encoding="utf-8")
