@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 ARRAYS = ("query_bytes", "query_offsets", "goods", "goods_offsets", "videos", "videos_offsets")
 FORMAT = 1  # bump when the arrays change meaning
+CACHE_DIR_NAME = ".train_index"  # the default cache folder, beside the training file
 
 
 def _key(path):
@@ -112,11 +113,11 @@ class TrainIndex:
 
 
 def load_train_index(path, cache_dir=None):
-    """The TrainIndex of the training list `path`, from its cache in `cache_dir` (default: a
-    `.train_index` folder beside the file) or built there first. Safe to call from several processes
+    """The TrainIndex of the training list `path`, from its cache in `cache_dir` (default: the
+    CACHE_DIR_NAME folder beside the file) or built there first. Safe to call from several processes
     at once: each builds under its own temporary name and the first rename wins."""
     key = _key(path)
-    cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(path)), ".train_index")
+    cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(path)), CACHE_DIR_NAME)
     folder = _folder(path, cache_dir, key)
     meta = os.path.join(folder, "meta.json")
     if not os.path.exists(meta):

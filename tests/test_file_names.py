@@ -88,7 +88,7 @@ def test_train_loader_and_eval_lists_follow_the_config(mini_root, authors_root):
 
     cfg = authors_cfg(authors_root, "data.num_workers=0", "train.batch_size=4")
     loader, _ = build_train_loader(cfg, 0, 1)
-    assert loader.dataset.entries == parse_train_file(DatasetPaths(mini_root).train_file)
+    assert list(loader.dataset.entries) == parse_train_file(DatasetPaths(mini_root).train_file)
     paths = data_paths(cfg)
     query = build_eval_dataset(cfg, paths.query_list("goods2video"), "goods")
     assert [i.pid for i in query.items] == [i.pid for i in parse_item_list(

@@ -19,9 +19,12 @@ CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
 def tree_hash(root):
+    """sha256 of every file's path and bytes, but the training-index cache that training writes beside the list."""
+    from datasets.train_index import CACHE_DIR_NAME
+
     h = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if d != CACHE_DIR_NAME)
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
             h.update(os.path.relpath(path, root).encode())
