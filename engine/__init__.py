@@ -9,9 +9,9 @@ from engine.trainer import NonFiniteLoss, Trainer, resolve_resume
 from utils.checkpoint import TrainingCheckpoint
 from utils.config import ConfigError
 from utils.distributed import amp_error, cleanup, init_distributed
-from utils.logging import setup_logger
+from utils.logging import LOGGER_NAME, setup_logger
 
-log = logging.getLogger("qcd")
+log = logging.getLogger(LOGGER_NAME)
 
 
 def train(cfg, build_model=None):

@@ -12,9 +12,10 @@ import os
 import socket
 import time
 
-import torch.distributed as dist
+from utils.distributed import from_rank0
+from utils.logging import LOGGER_NAME
 
-log = logging.getLogger("qcd")
+log = logging.getLogger(LOGGER_NAME)
 
 LOCK_NAME = ".lock"
 
@@ -117,10 +118,7 @@ def lock_run_dir(out_dir, rank, world_size):
             lock.acquire()
         except RunDirError as e:
             error = str(e)
-    if world_size > 1:
-        shared = [error]
-        dist.broadcast_object_list(shared, src=0)
-        error = shared[0]
+    error = from_rank0(error, world_size)
     if error:
         raise RunDirError(error)
     return lock

@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from engine.run_dir import RunDirError
 from utils import checkpoint as ckpt
+from utils import logging as run_logging
 from utils.config import save_config
-from utils.distributed import barrier
+from utils.distributed import barrier, from_rank0
 from utils.logging import LOGGER_NAME, STEP_LOGGER, Meter, MetricsLog
 from utils.schedule import WARMUP_WARN_SHARE, LinearWarmupDecay
 from utils.seed import get_rng_state, seed_data, seed_model_init, set_rng_state
@@ -84,11 +85,10 @@ def resolve_resume(resume, out_dir, rank, world_size):
     if resume != "auto" or world_size == 1:
         return ckpt.resolve_resume(resume, out_dir)
     path, state = ckpt.find_latest_valid(out_dir) if rank == 0 else (None, None)
-    chosen = [path]
-    dist.broadcast_object_list(chosen, src=0)
-    if rank == 0 or chosen[0] is None:
+    chosen = from_rank0(path, world_size)
+    if rank == 0 or chosen is None:
         return path, state
-    return ckpt.resolve_resume(chosen[0], out_dir)
+    return ckpt.resolve_resume(chosen, out_dir)
 
 
 def load_scaler_state(scaler, state):
@@ -241,10 +241,7 @@ class Trainer:
                     self.out_dir, self.t["keep_last"])
             except ckpt.CheckpointWriteError as e:
                 error = e.strerror
-        if self.world_size > 1:  # the other ranks stop too, rather than wait for rank 0 in the next step
-            shared = [error]
-            dist.broadcast_object_list(shared, src=0)
-            error = shared[0]
+        error = from_rank0(error, self.world_size)  # the other ranks stop too, rather than wait for rank 0
         if error:
             raise ckpt.CheckpointWriteError(f"{error}. Last good checkpoint: {self.last_ckpt or 'none'}")
         # on every rank, so that each one's messages (e.g. a non-finite loss) name the file
@@ -294,7 +291,7 @@ class Trainer:
         max_steps = min(self.t["max_steps"] or sum(self.epoch_lengths), sum(self.epoch_lengths))
         self.model_ddp.train()
         bar = tqdm(total=max_steps, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True,
-                   file=sys.stderr, disable=None if self.main else True)
+                   file=sys.stderr, disable=not (self.main and run_logging.progress_bar_shown()))
         eta = _Eta(self.global_step, max_steps)
         try:
             while self.epoch < self.t["epochs"] and self.global_step < max_steps:

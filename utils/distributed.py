@@ -113,6 +113,15 @@ def is_dist():
     return dist.is_available() and dist.is_initialized()
 
 
+def from_rank0(value, world_size):
+    """Rank 0's `value` on every rank (e.g. an error only rank 0 can see, so that all ranks stop together)."""
+    if world_size == 1:
+        return value
+    shared = [value]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+
 def barrier():
     if is_dist():
         dist.barrier()

@@ -11,7 +11,7 @@ STEP_LOGGER = LOGGER_NAME + ".steps"
 
 
 def progress_bar_shown():
-    """tqdm draws a bar only on a terminal (disable=None); a batch job's log gets the step lines instead."""
+    """The training bar is drawn only on a terminal; a batch job's log gets the step lines instead."""
     return sys.stderr.isatty()
 
 
