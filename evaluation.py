@@ -56,17 +56,22 @@ def file_digest(path):
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def features_made_by(cfg, list_path):
-    """Everything the features of `list_path` depend on; a feature folder made from anything else is
-    computed again (evaluate/extract.py)."""
+def model_made_by(cfg):
+    """What every feature of a config depends on but the item list: checkpoint contents, model, data settings."""
     checkpoint = cfg["eval"]["checkpoint"]
     data = {k: cfg["data"][k] for k in ("dataset", "image_size", "num_frames", "text_max_len", "frame_source",
                                         "skip_unreadable_eval")}
     data["root"] = os.path.abspath(cfg["data"]["root"])
     return {"checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
             "checkpoint_sha256": file_digest(checkpoint) if checkpoint else None,
-            "list": os.path.abspath(list_path), "list_sha256": file_digest(list_path),
             "seed": cfg["seed"], "model": cfg["model"], "data": data}
+
+
+def features_made_by(cfg, list_path, model_part=None):
+    """Everything the features of `list_path` depend on; a feature folder made from anything else is
+    computed again (evaluate/extract.py). `model_part`: model_made_by(cfg), when already computed (its
+    checkpoint digest reads the whole file)."""
+    return dict(model_part or model_made_by(cfg), list=os.path.abspath(list_path), list_sha256=file_digest(list_path))
 
 
 def extract(cfg):
@@ -93,13 +98,14 @@ def extract(cfg):
     from datasets.annotations import GALLERY_DOMAIN, QUERY_DOMAIN
     lists = {"query": (paths.query_list(direction), QUERY_DOMAIN[direction]),
              "gallery": (paths.gallery_list(direction), GALLERY_DOMAIN[direction])}
+    model_part = model_made_by(cfg)
     for side, (list_path, domain) in lists.items():
         extract_features(
             model, build_eval_dataset(cfg, list_path, domain),
             {f: os.path.join(out_dir(cfg, f), side) for f in feature_names(cfg)},
             rank=rank, world_size=world_size, device=device, batch_size=cfg["eval"]["batch_size"],
             num_workers=cfg["data"]["num_workers"], dtype=cfg["eval"]["dtype"], collate_fn=collate_eval,
-            meta=features_made_by(cfg, list_path),
+            meta=features_made_by(cfg, list_path, model_part),
             desc=f"{direction} {side}")
     return rank
 

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from evaluate.features import NonFiniteFeatures, merge_shards, read_shard, save_features, write_shard
+from evaluate.features import NonFiniteFeatures, merge_shards, read_shard, save_features, write_shard, write_text
 
 FEATURES = ("fused", "visual", "text")
 
@@ -57,11 +57,7 @@ def _clear(out_dir):
 
 
 def _write_meta(out_dir, meta):
-    path = os.path.join(out_dir, "meta.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, path)
+    write_text(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=1))
 
 
 @torch.no_grad()

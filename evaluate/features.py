@@ -24,6 +24,14 @@ def _atomic(path, write):
     os.replace(tmp, path)
 
 
+def write_text(path, text):
+    """A text file written atomically (newlines as given)."""
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    _atomic(path, write)
+
+
 def save_npy(path, array):
     def write(tmp):
         with open(tmp, "wb") as f:

@@ -11,6 +11,8 @@ import json
 import os
 from decimal import ROUND_HALF_UP, Decimal
 
+from evaluate.features import write_text
+
 KS = ("10", "20", "50", "100")
 COLUMNS = ([f"V2G R@{k}" for k in KS] + [f"G2V R@{k}" for k in KS] + [f"Overall R@{k}" for k in KS] + ["Mean"])
 
@@ -106,13 +108,6 @@ def checkpoint_of(v2g, g2v):
     return a if a == b else f"{a or '-'} / {b or '-'}"
 
 
-def _atomic_write(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _read_rows(csv_path):
     """{name: [13 printed cells, checkpoint]} of an existing results.csv, in file order (an older file
     without the Checkpoint column gets an empty one)."""
@@ -137,8 +132,8 @@ def write_row(name, values, out_dir, checkpoint=""):
     writer = csv.writer(buf)
     writer.writerow(header)
     writer.writerows([row_name] + cells for row_name, cells in rows.items())
-    _atomic_write(csv_path, buf.getvalue())
+    write_text(csv_path, buf.getvalue())
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += [f"| {row_name} | " + " | ".join(cells) + " |" for row_name, cells in rows.items()]
-    _atomic_write(md, "\n".join(lines) + "\n")
+    write_text(md, "\n".join(lines) + "\n")
     return md, csv_path
