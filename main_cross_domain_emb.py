@@ -102,7 +102,8 @@ def preflight(cfg, evaluate=False):
     else:
         paths.require(paths.train_file)
     weights = [("model.backbone.pretrained", cfg["model"]["backbone"]["pretrained"])]
-    weights.append(("eval.checkpoint", cfg["eval"]["checkpoint"]) if evaluate else ("init_from", cfg["init_from"]))
+    if evaluate:  # init_from and resume files are checked by validate_config
+        weights.append(("eval.checkpoint", cfg["eval"]["checkpoint"]))
     for key, path in weights:
         if path is not None and not os.path.isfile(path):
             raise FileNotFoundError(f"{key}={path}: file not found")

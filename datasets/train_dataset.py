@@ -8,8 +8,8 @@ sample is the same whichever worker loads it, and after a resume.
 An item whose image (goods) or every frame (video) cannot be read is counted, logged once per
 file, and replaced by another item of the same domain: first the query's other items of that
 domain, else an item of a query absent from the global batch, drawn from the sample's own seed
-(slot s of a batch of S draws among the candidate queries s, s + S, ..., so two replacements in
-one batch never bring the same query). A video frame that cannot be read is left out of that
+(slot s of a batch of S draws among positions s, s + S, ... of a fixed scrambled order of the
+candidate queries, so two replacements in one batch never bring the same query). A video frame that cannot be read is left out of that
 video's frame list.
 """
 import logging
@@ -101,9 +101,12 @@ class TrainDataset:
             "domain": sample.domain, "pid": pid, "query_index": query_index, "epoch": sample.epoch,
         }
 
+    def _untried(self, query_index, domain, tried):
+        return [p for p in self._items(query_index, domain) if p not in tried]
+
     def _replacement(self, sample, query_index, tried, rng):
         domain = sample.domain
-        others = [p for p in self._items(query_index, domain) if p not in tried]
+        others = self._untried(query_index, domain, tried)
         if others:
             return query_index, rng.choice(others)
         pool = self._queries_with[domain]
@@ -114,7 +117,7 @@ class TrainDataset:
             # positions spread over the file by a bijection of range(len(pool)), so that a slot's share is
             # not a residue class of the file order
             query_index = pool[SCRAMBLE * rng.choice(share) % len(pool)]
-            untried = [p for p in self._items(query_index, domain) if p not in tried]
+            untried = self._untried(query_index, domain, tried)
             if query_index not in sample.batch_queries and untried:
                 return query_index, rng.choice(untried)
         raise RuntimeError(f"no {domain} query outside the global batch of sample {sample.pid} to replace it: "
