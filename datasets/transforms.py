@@ -25,10 +25,10 @@ CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect-ratio range
 class _Normalize:
     """uint8 -> float (x / 255 - mean) / std as one multiply and one subtract, in place on the copy."""
 
-    def __init__(self):
-        std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    def __init__(self, mean=CLIP_MEAN, std=CLIP_STD):
+        std = torch.tensor(std).view(3, 1, 1)
         self.scale = 1.0 / (255.0 * std)
-        self.shift = torch.tensor(CLIP_MEAN).view(3, 1, 1) / std
+        self.shift = torch.tensor(mean).view(3, 1, 1) / std
 
     def __call__(self, clip):
         return clip.float().mul_(self.scale).sub_(self.shift)
@@ -38,21 +38,21 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
-def eval_transform(image_size):
+def eval_transform(image_size, mean=CLIP_MEAN, std=CLIP_STD):
     """PIL image -> normalised float [3, S, S]: cn_clip's test preprocessing (`cn_clip.clip.utils.image_transform`)."""
     return T.Compose([
         T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BICUBIC),
         _to_rgb,
         T.ToTensor(),
-        T.Normalize(CLIP_MEAN, CLIP_STD),
+        T.Normalize(mean, std),
     ])
 
 
 class EvalClipTransform:
     """uint8 frames [T, 3, H, W] (each may have its own size) -> float [T, 3, S, S] by `eval_transform`."""
 
-    def __init__(self, image_size):
-        self.transform = eval_transform(image_size)
+    def __init__(self, image_size, mean=CLIP_MEAN, std=CLIP_STD):
+        self.transform = eval_transform(image_size, mean, std)
 
     def __call__(self, frames):
         return torch.stack([self.transform(F.to_pil_image(frame)) for frame in frames])
@@ -65,11 +65,11 @@ class TrainClipTransform:
     mapped back to the source pixels (scaled by H/S and W/S), so the crop is the one that would be
     taken from the squashed image, with a single resampling of the source."""
 
-    def __init__(self, image_size, crop_scale=(0.64, 1.0)):
+    def __init__(self, image_size, crop_scale=(0.64, 1.0), mean=CLIP_MEAN, std=CLIP_STD):
         self.size = [image_size, image_size]
         self.crop = v2.RandomResizedCrop(image_size, scale=tuple(crop_scale), ratio=CROP_RATIO)
         self.canvas = torch.empty(1, image_size, image_size, dtype=torch.uint8)
-        self.normalize = _Normalize()
+        self.normalize = _Normalize(mean, std)
 
     def __call__(self, clip, seed=None):
         """With `seed`, the crop and flip depend on it alone (the global torch RNG is left as it was)."""

@@ -17,14 +17,11 @@ from torch.utils.checkpoint import checkpoint
 import cn_clip.clip
 from cn_clip.clip.model import CLIP, resize_pos_embed
 
+from models.families import WEIGHTS_HELP
 from utils.checkpoint import WeightsMismatch, read_torch_file, strip_module_prefix
 
 CN_CLIP_CONFIG_DIR = os.path.join(os.path.dirname(cn_clip.clip.__file__), "model_configs")
-CHECKPOINT_HELP = (
-    "download the Chinese-CLIP release checkpoint for ViT-B-16 (clip_cn_vit-b-16.pt, linked from the "
-    "model download table of https://github.com/OFA-Sys/Chinese-CLIP) and point model.backbone.pretrained at it, "
-    "or set model.backbone.pretrained=null for random weights"
-)
+CHECKPOINT_HELP = WEIGHTS_HELP["chinese_clip"]
 
 
 def _read_cn_clip_config(name):
@@ -70,7 +67,10 @@ def read_checkpoint_state_dict(path):
 
 
 class CNClipBackbone(nn.Module):
-    """Wraps cn_clip's CLIP; `clip` keeps cn_clip's parameter names so its checkpoints load as they are."""
+    """Wraps cn_clip's CLIP; `clip` keeps cn_clip's parameter names so its checkpoints load as they are.
+    It is the chinese_clip family of models.families and follows the backbone protocol described there."""
+
+    visual_prefixes = ("clip.visual.",)
 
     def __init__(self, cfg):
         super().__init__()
@@ -101,6 +101,22 @@ class CNClipBackbone(nn.Module):
     @property
     def text_width(self):
         return self.clip.bert_config.hidden_size
+
+    @property
+    def vocab_size(self):
+        return self.clip.bert_config.vocab_size
+
+    @property
+    def context_length(self):
+        return self.clip.bert_config.max_position_embeddings
+
+    @property
+    def embed_dim(self):
+        return self.clip.text_projection.shape[1]
+
+    @property
+    def image_size(self):
+        return self.clip.visual.input_resolution
 
     @property
     def text_layers(self):
