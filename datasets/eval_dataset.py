@@ -15,33 +15,36 @@ from datasets.counters import SharedCounters
 from datasets.frames import UnreadableImage, decode_video, load_image, segment_indices
 from datasets.text import goods_title, video_text
 from datasets.tokenizer import Tokenizer
-from datasets.transforms import EvalClipTransform
+from datasets.transforms import CLIP_MEAN, CLIP_STD, EvalClipTransform
 
 logger = logging.getLogger(__name__)
 
 
 class EvalDataset:
     def __init__(self, paths, list_path, *, num_frames, image_size, text_max_len,
-                 frame_source="images", skip_unreadable=False, domain=None):
+                 frame_source="images", skip_unreadable=False, domain=None, make_tokenizer=Tokenizer,
+                 image_stats=(CLIP_MEAN, CLIP_STD), translations=None):
         if frame_source not in ("images", "raw"):
             raise ValueError(f"data.frame_source must be images or raw, got {frame_source!r}")
         self.paths = paths
         self.list_path = list_path
         self.items = parse_item_list(list_path, domain)
-        self.tokenizer = Tokenizer()
+        self.tokenizer = make_tokenizer()
+        self.translations = translations
         self.num_frames = num_frames
         self.image_size = image_size
         self.text_max_len = text_max_len
         self.frame_source = frame_source
         self.skip_unreadable = skip_unreadable
-        self.transform = EvalClipTransform(image_size)
+        self.transform = EvalClipTransform(image_size, mean=image_stats[0], std=image_stats[1])
         self.counts = SharedCounters("black_frames", "empty_texts")
 
     def __len__(self):
         return len(self.items)
 
     def stats(self):
-        return {**self.counts.as_dict(), "truncation_rate": self.tokenizer.truncation_rate}
+        translated = self.translations.counts.as_dict() if self.translations else {}
+        return {**self.counts.as_dict(), "truncation_rate": self.tokenizer.truncation_rate, **translated}
 
     def __getitem__(self, index):
         item = self.items[index]
@@ -92,6 +95,8 @@ class EvalDataset:
                            self.list_path)
             self.counts.add("empty_texts")
             return ""
+        if self.translations:
+            fields = self.translations.item_fields(item.domain, fields)
         text = goods_title(fields) if item.domain == "goods" else video_text(fields)
         if not text:
             self.counts.add("empty_texts")

@@ -1,4 +1,6 @@
 """Builders of the training loader and the evaluation dataset from a config, and their collates."""
+import functools
+import logging
 import os
 import random
 
@@ -6,14 +8,16 @@ import numpy as np
 import torch
 
 from datasets.annotations import DatasetPaths
+from datasets.batch import ITEM_KEYS, PAIR_VIDEO_KEYS, TRAIN_KEYS
 from datasets.eval_dataset import EvalDataset
-from datasets.sampler import DomainBatchSampler, ItemBatchSampler
+from datasets.sampler import DomainBatchSampler, ItemBatchSampler, PairBatchSampler
 from datasets.train_dataset import TrainDataset
 from datasets.train_index import load_train_index
+from datasets.translations import Translations
 from utils.distributed import barrier
 
-TRAIN_TENSOR_KEYS = ("query_ids", "query_mask", "frames", "text_ids", "text_mask")
-EVAL_TENSOR_KEYS = ("frames", "text_ids", "text_mask")
+logger = logging.getLogger(__name__)
+
 
 
 def collate_train(samples):
@@ -21,7 +25,7 @@ def collate_train(samples):
     domains = {s["domain"] for s in samples}
     if len(domains) != 1:
         raise ValueError(f"a training batch must be domain-pure, got domains {sorted(domains)}")
-    batch = {key: torch.stack([s[key] for s in samples]) for key in TRAIN_TENSOR_KEYS}
+    batch = {key: torch.stack([s[key] for s in samples]) for key in TRAIN_KEYS}
     batch["domain"] = domains.pop()
     batch["pids"] = torch.tensor([s["pid"] for s in samples], dtype=torch.long)
     batch["query_index"] = torch.tensor([s["query_index"] for s in samples], dtype=torch.long)
@@ -29,12 +33,35 @@ def collate_train(samples):
     return batch
 
 
+def collate_pairs(samples):
+    """train.mode=ft: goods samples then the micro-videos of the same queries (datasets.sampler.PairBatchSampler)
+    -> the goods item under ITEM_KEYS, the video under PAIR_VIDEO_KEYS, and `pair_valid`: False where an
+    unreadable item was replaced by one of another query, so the row is no longer a pair."""
+    half = len(samples) // 2
+    goods, videos = samples[:half], samples[half:]
+    batch = {key: torch.stack([s[key] for s in goods]) for key in ITEM_KEYS}
+    batch.update({pkey: torch.stack([s[key] for s in videos]) for key, pkey in zip(ITEM_KEYS, PAIR_VIDEO_KEYS)})
+    batch["pair_valid"] = torch.tensor([g["query_index"] == v["query_index"] for g, v in zip(goods, videos)])
+    batch["epoch"] = samples[0]["epoch"]
+    return batch
+
+
+def preprocessing(cfg):
+    """The dataset arguments that follow the backbone family: its tokenizer, pixel statistics and, for an
+    English-text family, the data.translations table."""
+    from models.families import build_tokenizer, image_stats
+
+    path = cfg["data"]["translations"]
+    return {"make_tokenizer": functools.partial(build_tokenizer, cfg["model"]), "image_stats": image_stats(cfg["model"]),
+            "translations": Translations(path) if path else None}
+
+
 def collate_eval(items):
     """Evaluation items -> dict of frames [B,T,3,H,W], text_ids/text_mask [B,Lt], pid and index LongTensor[B]."""
     lengths = {item["frames"].shape[0] for item in items}
     if len(lengths) != 1:
         raise ValueError(f"an evaluation batch mixes clips of {sorted(lengths)} frames: keep one domain per list")
-    batch = {key: torch.stack([item[key] for item in items]) for key in EVAL_TENSOR_KEYS}
+    batch = {key: torch.stack([item[key] for item in items]) for key in ITEM_KEYS}
     batch["pid"] = torch.tensor([item["pid"] for item in items], dtype=torch.long)
     batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
     return batch
@@ -54,9 +81,13 @@ class _SeedWorker:
         torch.set_num_threads(1)  # the workers already share the cores between them
 
 
-def build_train_loader(cfg, rank, world_size, sampler_class=DomainBatchSampler):
+def build_train_loader(cfg, rank, world_size, sampler_class=None):
     """-> (DataLoader of domain-pure batches for this rank, its sampler): one sample per query and
-    epoch (retrieval), or with ItemBatchSampler every item once per epoch (pre-training)."""
+    epoch (retrieval), one goods-video pair per query with both (train.mode=ft), or with ItemBatchSampler
+    every item once per epoch (pre-training)."""
+    pairs = sampler_class is None and cfg["train"]["mode"] == "ft"
+    if sampler_class is None:
+        sampler_class = PairBatchSampler if pairs else DomainBatchSampler
     data = cfg["data"]
     paths = DatasetPaths.from_config(data)
     paths.require(paths.train_file)
@@ -70,14 +101,18 @@ def build_train_loader(cfg, rank, world_size, sampler_class=DomainBatchSampler):
     if rank != 0:
         entries = load_train_index(paths.train_file, cache_dir)
     sampler = sampler_class(entries, cfg["train"]["batch_size"], rank, world_size, seed=cfg["seed"])
+    if pairs and rank == 0:
+        logger.info("train.mode=ft: %d of %d queries have goods and micro-videos, one pair each per epoch; "
+                    "%d with one domain only are skipped", len(entries) - sampler.skipped_queries, len(entries),
+                    sampler.skipped_queries)
     dataset = TrainDataset(
         paths, entries, num_frames=data["num_frames"], image_size=data["image_size"],
         query_max_len=data["query_max_len"], text_max_len=data["text_max_len"], crop_scale=data["crop_scale"],
         frame_source=data["frame_source"], seed=cfg["seed"], title_aug_prob=data["title_aug_prob"],
-        video_text_keep_prob=data["video_text_keep_prob"])
+        video_text_keep_prob=data["video_text_keep_prob"], **preprocessing(cfg))
     workers = data["num_workers"]
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate_train, num_workers=workers,
+        dataset, batch_sampler=sampler, collate_fn=collate_pairs if pairs else collate_train, num_workers=workers,
         worker_init_fn=_SeedWorker(cfg["seed"] + rank),
         # its own generator for the workers' base seed, so starting an epoch leaves the global RNG alone
         generator=torch.Generator().manual_seed(cfg["seed"] + rank),
@@ -97,4 +132,4 @@ def build_eval_dataset(cfg, list_path, domain=None):
     return EvalDataset(
         DatasetPaths.from_config(data), list_path, num_frames=data["num_frames"],
         image_size=data["image_size"], text_max_len=data["text_max_len"], frame_source=data["frame_source"],
-        skip_unreadable=data["skip_unreadable_eval"], domain=domain)
+        skip_unreadable=data["skip_unreadable_eval"], domain=domain, **preprocessing(cfg))

@@ -118,3 +118,38 @@ class ItemBatchSampler(DomainBatchSampler):
         rng = random.Random(f"item-batches:{self.seed}:{epoch}")
         by_domain = {d: [TrainSample(epoch, index, d, pid) for index, pid in self.items[d]] for d in DOMAINS}
         return cut_global_batches(by_domain, self.batch_size * self.world_size, rng)
+
+
+class PairBatchSampler(DomainBatchSampler):
+    """train.mode=ft (the Siamese baseline): one (goods, micro-video) pair per query that has both, drawn
+    uniformly per epoch, cut into global batches of pairs as above. A rank's batch lists its goods samples,
+    then the videos of the same queries in the same order (datasets.loader.collate_pairs). Queries with
+    items of one domain only have no pair: `skipped_queries` counts them."""
+
+    def __init__(self, entries, batch_size, rank=0, world_size=1, seed=0):
+        queries = paired = 0
+        for goods, videos in item_lists(entries):
+            queries += 1
+            paired += bool(goods and videos)
+        self.skipped_queries = queries - paired
+        if paired < batch_size * world_size:
+            raise ValueError(f"train.mode=ft: {paired} queries have both goods and micro-videos, fewer than "
+                             f"one global batch of {batch_size} x {world_size} pairs")
+        super().__init__(entries, batch_size, rank, world_size, seed)
+
+    def global_batches(self, epoch):
+        rng = random.Random(f"pair-batches:{self.seed}:{epoch}")
+        pairs = [(TrainSample(epoch, index, "goods", rng.choice(goods)),
+                  TrainSample(epoch, index, "video", rng.choice(videos)))
+                 for index, (goods, videos) in enumerate(item_lists(self.entries)) if goods and videos]
+        rng.shuffle(pairs)
+        size = self.batch_size * self.world_size
+        return [pairs[i:i + size] for i in range(0, len(pairs) - size + 1, size)]
+
+    def __iter__(self):
+        lo = self.rank * self.batch_size
+        for batch in self._plan[self.start_batch:]:
+            taken = frozenset(g.query_index for g, _ in batch)
+            mine = batch[lo:lo + self.batch_size]
+            yield [s._replace(batch_queries=taken, slot=lo + j, slots=len(batch))
+                   for half in (0, 1) for j, s in enumerate(pair[half] for pair in mine)]

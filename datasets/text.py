@@ -8,6 +8,8 @@ VIDEO_TEXT_MAX_CHARS = 80
 VIDEO_BODY_MAX_CHARS = 40  # the `text` field's share of the video text
 TITLE_AUG_MIN_CHARS = 10
 TITLE_AUG_RATE = 0.2       # share of character positions edited by the title augmentation
+# the fields of a parsed text file that goods_title / video_text read
+ITEM_TEXT_FIELDS = {"goods": ("title",), "video": ("title", "text", "caption")}
 
 
 def goods_title(fields):

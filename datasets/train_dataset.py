@@ -22,7 +22,7 @@ from datasets.frames import UnreadableImage, decode_video, load_image, segment_i
 from datasets.text import augment_title, goods_title, video_text
 from datasets.sampler import item_lists
 from datasets.tokenizer import Tokenizer
-from datasets.transforms import TrainClipTransform
+from datasets.transforms import CLIP_MEAN, CLIP_STD, TrainClipTransform
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +33,18 @@ SCRAMBLE = 2_147_483_647  # a prime: coprime with any pool size below it
 class TrainDataset:
     def __init__(self, paths, entries, *, num_frames, image_size, query_max_len, text_max_len,
                  crop_scale=(0.64, 1.0), frame_source="images", seed=0, title_aug_prob=0.6,
-                 video_text_keep_prob=0.8):
+                 video_text_keep_prob=0.8, make_tokenizer=Tokenizer, image_stats=(CLIP_MEAN, CLIP_STD),
+                 translations=None):
+        """`make_tokenizer()` gives the backbone family's tokenizer, `image_stats` its (mean, std) and
+        `translations` (datasets.translations.Translations) its English texts."""
         if frame_source not in ("images", "raw"):
             raise ValueError(f"data.frame_source must be images or raw, got {frame_source!r}")
         self.paths = paths
         self.entries = entries
         # one tokenizer each, so that the truncation rates of queries and texts are told apart
-        self.query_tokenizer = Tokenizer()
-        self.text_tokenizer = Tokenizer()
+        self.query_tokenizer = make_tokenizer()
+        self.text_tokenizer = make_tokenizer()
+        self.translations = translations
         self.num_frames = num_frames
         self.query_max_len = query_max_len
         self.text_max_len = text_max_len
@@ -48,7 +52,7 @@ class TrainDataset:
         self.seed = seed
         self.title_aug_prob = title_aug_prob
         self.video_text_keep_prob = video_text_keep_prob
-        self.transform = TrainClipTransform(image_size, crop_scale)
+        self.transform = TrainClipTransform(image_size, crop_scale, mean=image_stats[0], std=image_stats[1])
         # queries that can stand in for an unreadable item, per domain
         self._queries_with = {"goods": [], "video": []}
         for i, (goods, videos) in enumerate(item_lists(entries)):
@@ -62,8 +66,9 @@ class TrainDataset:
         """Event counts so far over all workers, as integers that add up across ranks: the per-epoch data
         report of the training log (engine.trainer) takes differences of them."""
         q, t = self.query_tokenizer.counts, self.text_tokenizer.counts
+        translated = self.translations.counts.as_dict() if self.translations else {}
         return {**self.counts.as_dict(), "queries": q["texts"], "queries_truncated": q["truncated"],
-                "texts": t["texts"], "texts_truncated": t["truncated"]}
+                "texts": t["texts"], "texts_truncated": t["truncated"], **translated}
 
     def stats(self):
         """Counts over all workers so far, and the share of queries and of texts cut to their max length."""
@@ -92,7 +97,10 @@ class TrainDataset:
             raise RuntimeError(f"{MAX_REPLACEMENTS} {sample.domain} items in a row were unreadable, starting with "
                                f"pid {sample.pid}: check {self.paths.data_dir}")
         text = self._text(sample.domain, pid, rng)
-        query_ids, query_mask = self.query_tokenizer([self.entries[query_index].query], self.query_max_len)
+        query = self.entries[query_index].query
+        if self.translations:
+            query = self.translations.query(query)
+        query_ids, query_mask = self.query_tokenizer([query], self.query_max_len)
         text_ids, text_mask = self.text_tokenizer([text], self.text_max_len)
         return {
             "query_ids": query_ids[0], "query_mask": query_mask[0],
@@ -166,6 +174,8 @@ class TrainDataset:
             self.counts.add("unreadable_texts")
             self._log_once(path, f"unreadable text ({e}); using an empty text")
             return ""
+        if self.translations:
+            fields = self.translations.item_fields(domain, fields)
         if domain == "goods":
             text = goods_title(fields)
             if not text:

@@ -41,6 +41,15 @@ def gather_features(x):
     return _GatherWithGrad.apply(x)
 
 
+IGNORE = -100  # F.cross_entropy's ignore_index
+
+
+def _cross_entropy(logits, labels):
+    if (labels == IGNORE).all():  # no anchor left: zero, with every parameter still in the graph (DDP)
+        return 0.0 * logits.sum()
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE)
+
+
 def _rank_offset(batch):
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() * batch
@@ -62,20 +71,23 @@ class QueryContrastiveLoss(nn.Module):
         """1/tau, clamped at max_logit_scale (no gradient past the clamp)."""
         return self.logit_scale.clamp(max=self.max_log_scale).exp()
 
-    def forward(self, q, x):
-        """q, x [B, D] (any norm; row i of each is a positive pair) -> mean InfoNCE over this rank's rows."""
+    def forward(self, q, x, valid=None):
+        """q, x [B, D] (any norm; row i of each is a positive pair) -> mean InfoNCE over this rank's rows.
+        `valid` (bool [B]) leaves rows out as anchors (they stay negatives); none valid gives a zero loss."""
         q, x = F.normalize(q, dim=-1), F.normalize(x, dim=-1)
         scale = self.scale()
         labels = torch.arange(q.shape[0], device=q.device)
         if self.negatives == "global":
             labels = labels + _rank_offset(q.shape[0])
-            all_x = gather_features(x)
-            loss = F.cross_entropy(scale * q @ all_x.t(), labels)
-            if self.symmetric:
-                loss = (loss + F.cross_entropy(scale * x @ gather_features(q).t(), labels)) / 2
-            return loss
-        logits = scale * q @ x.t()
-        loss = F.cross_entropy(logits, labels)
+        if valid is not None:
+            labels = labels.masked_fill(~valid.bool(), IGNORE)
+        if self.negatives == "global":
+            logits = scale * q @ gather_features(x).t()
+            reverse = scale * x @ gather_features(q).t() if self.symmetric else None
+        else:
+            logits = scale * q @ x.t()
+            reverse = logits.t()
+        loss = _cross_entropy(logits, labels)
         if self.symmetric:
-            loss = (loss + F.cross_entropy(logits.t(), labels)) / 2
+            loss = (loss + _cross_entropy(reverse, labels)) / 2
         return loss
