@@ -56,14 +56,31 @@ def file_digest(path):
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def path_digest(path):
+    """file_digest of a file; of a folder (a save_pretrained model), the sha256 of its files' names and digests."""
+    if not os.path.isdir(path):
+        return file_digest(path)
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            h.update(f"{os.path.relpath(full, path)}\0{file_digest(full)}\n".encode())
+    return h.hexdigest()
+
+
 def model_made_by(cfg):
     """What every feature of a config depends on but the item list: checkpoint contents, model, data settings."""
     checkpoint = cfg["eval"]["checkpoint"]
     data = {k: cfg["data"][k] for k in ("dataset", "image_size", "num_frames", "text_max_len", "frame_source",
-                                        "skip_unreadable_eval")}
+                                        "skip_unreadable_eval", "translations")}
     data["root"] = os.path.abspath(cfg["data"]["root"])
+    data["translations_sha256"] = file_digest(data["translations"]) if data["translations"] else None
+    pretrained = cfg["model"]["backbone"]["pretrained"]
     return {"checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
             "checkpoint_sha256": file_digest(checkpoint) if checkpoint else None,
+            # without a checkpoint (train.mode=infer) the family's released weights make the features
+            "pretrained_sha256": None if checkpoint or not pretrained else path_digest(pretrained),
             "seed": cfg["seed"], "model": cfg["model"], "data": data}
 
 
@@ -199,7 +216,7 @@ def _config(args):
     from utils.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    validate_config(cfg)
+    validate_config(cfg, evaluate=True)
     preflight(cfg, evaluate=True)
     return cfg
 

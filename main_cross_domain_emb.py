@@ -13,7 +13,8 @@ import os
 import sys
 
 from datasets.annotations import AnnotationError
-from engine import TASKS, NonFiniteLoss, RunDirError, train
+from engine import TASKS, TRAIN_MODES, NonFiniteLoss, RunDirError, train
+from models.families import ENGLISH_FAMILIES, FAMILIES, check_weights
 from utils import checkpoint as ckpt
 from utils.config import ConfigError, load_config
 from utils.distributed import UnsupportedGPU, cleanup
@@ -25,10 +26,12 @@ CHOICES = {
     ("task",): TASKS,
     ("dist_backend",): ("auto", "nccl", "gloo"),
     ("data", "frame_source"): ("images", "raw"),
+    ("model", "family"): FAMILIES,
     ("model", "backbone", "freeze"): ("visual", "text"),
     ("model", "video", "pooling"): ("add", "mean", "lstm", "ftt"),
     ("model", "fusion", "type"): ("add", "combiner", "fusion"),
     ("loss", "negatives"): ("local", "global"),
+    ("train", "mode"): TRAIN_MODES,
     ("train", "optimizer"): ("adam", "adamw"),
     ("train", "amp"): ("bf16", "fp16", "none"),
     ("eval", "feature"): ("fused", "visual", "text", "all"),
@@ -42,8 +45,9 @@ CHOICES = {
 # ----------------------------------------------------------------------------- config
 
 
-def validate_config(cfg):
-    """Reject values the training loop cannot run with, before any work is done."""
+def validate_config(cfg, evaluate=False):
+    """Reject values the training loop (or, with `evaluate`, the evaluator) cannot run with, before any work
+    is done."""
     for path, allowed in CHOICES.items():
         value = cfg
         for p in path:
@@ -76,6 +80,24 @@ def validate_config(cfg):
         raise ConfigError(f"resume={cfg['resume']!r}: expected null, auto or an existing checkpoint file")
     if cfg["init_from"] is not None and not os.path.isfile(cfg["init_from"]):
         raise ConfigError(f"init_from={cfg['init_from']!r}: checkpoint file not found")
+    family, mode = cfg["model"]["family"], t["mode"]
+    if family != "chinese_clip":
+        if cfg["task"] != "retrieval":
+            raise ConfigError(f"task={cfg['task']} runs on the chinese_clip family only (model.family={family})")
+        if cfg["model"]["fusion"]["type"] == "fusion":
+            raise ConfigError(f"model.fusion.type=fusion copies cn_clip's text layers: with model.family={family} "
+                              "use add or combiner")
+    elif cfg["data"]["translations"]:
+        raise ConfigError("data.translations is for the English-text families "
+                          f"({', '.join(ENGLISH_FAMILIES)}); model.family=chinese_clip reads the Chinese texts")
+    if mode != "query" and cfg["task"] != "retrieval":
+        raise ConfigError(f"train.mode={mode} is a retrieval setting; task={cfg['task']} needs train.mode=query")
+    if mode == "ft" and cfg["loss"]["recon"]:
+        raise ConfigError("train.mode=ft aligns goods and micro-videos without queries: set loss.recon=false "
+                          "(the reconstruction heads decode queries)")
+    if mode == "infer" and not evaluate:
+        raise ConfigError("train.mode=infer has nothing to train: evaluate the released weights directly, e.g. "
+                          "sh video2goods_evaluate.sh null CONFIG")
     if cfg["task"] == "pretrain":
         if cfg["model"]["fusion"]["type"] != "fusion":
             raise ConfigError(f"task=pretrain trains the fusion encoder: model.fusion.type="
@@ -101,12 +123,22 @@ def preflight(cfg, evaluate=False):
         paths.require(*paths.direction_files(cfg["eval"]["direction"]))
     else:
         paths.require(paths.train_file)
-    weights = [("model.backbone.pretrained", cfg["model"]["backbone"]["pretrained"])]
-    if evaluate:  # init_from and resume files are checked by validate_config
-        weights.append(("eval.checkpoint", cfg["eval"]["checkpoint"]))
-    for key, path in weights:
-        if path is not None and not os.path.isfile(path):
-            raise FileNotFoundError(f"{key}={path}: file not found")
+    check_weights(cfg["model"])
+    if data["translations"] and not os.path.isfile(data["translations"]):
+        raise FileNotFoundError(f"data.translations={data['translations']}: file not found (format: docs/TRANSLATIONS.md)")
+    # init_from and resume files are checked by validate_config
+    if evaluate and cfg["eval"]["checkpoint"] is not None and not os.path.isfile(cfg["eval"]["checkpoint"]):
+        raise FileNotFoundError(f"eval.checkpoint={cfg['eval']['checkpoint']}: file not found")
+
+
+def text_warning(cfg):
+    """Start-up warning for an English-text family on untranslated (Chinese) text, or None."""
+    family = cfg["model"]["family"]
+    if family in ENGLISH_FAMILIES and not cfg["data"]["translations"]:
+        return (f"warning: model.family={family} reads English, and data.translations is not set: the queries "
+                "and item texts go to its tokenizer in Chinese, so its text (and fused) features carry little "
+                "more than noise. Set data.translations (docs/TRANSLATIONS.md) to compare with the paper's rows")
+    return None
 
 
 # ----------------------------------------------------------------------------- command line
@@ -143,14 +175,17 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        validate_config(cfg)
+        validate_config(cfg, args.evaluate)
         preflight(cfg, args.evaluate)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # ValueError: weights of another model family
         print(f"error: {e}", file=sys.stderr)
         return 2
+    warning = text_warning(cfg)
+    if warning and (args.check or os.environ.get("RANK", "0") == "0"):
+        print(warning, file=sys.stderr)
     if args.check:
         return 0
     try:

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Video2goods evaluation: sh video2goods_evaluate.sh CKPT [CONFIG] [key=value ...]
-#   CKPT    checkpoint to evaluate (`null`: untrained weights); CONFIG defaults to configs/qcd_real400k.yaml.
+#   CKPT    checkpoint to evaluate (`null`: no checkpoint: the released weights of model.backbone.pretrained,
+#           as the -infer rows of Table 2 want, and fresh modules); CONFIG defaults to configs/qcd_real400k.yaml.
 # Relative paths are taken from the directory you run this from (a CONFIG not found there is looked up
 # in the repository). torchrun extracts the query and the gallery features (sharded over the processes),
 # then rank 0 searches with faiss and prints R@10/20/50/100; results.json and page.html go to eval.out_dir

@@ -4,7 +4,7 @@ import logging
 import torch
 
 from engine.run_dir import RunDirError, check_continuation, finished, lock_run_dir
-from engine.tasks import TASKS, get_task
+from engine.tasks import TASKS, TRAIN_MODES, get_task
 from engine.trainer import NonFiniteLoss, Trainer, resolve_resume
 from utils.checkpoint import TrainingCheckpoint
 from utils.config import ConfigError
@@ -53,4 +53,4 @@ def train(cfg, build_model=None):
         cleanup()
 
 
-__all__ = ["NonFiniteLoss", "RunDirError", "TASKS", "Trainer", "train"]
+__all__ = ["NonFiniteLoss", "RunDirError", "TASKS", "TRAIN_MODES", "Trainer", "train"]

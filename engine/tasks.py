@@ -6,6 +6,8 @@ from collections import namedtuple
 Task = namedtuple("Task", "name build_model build_loader")
 
 TASKS = ("retrieval", "pretrain")
+# train.mode of the retrieval task (Table 2): query (QCD), ft (Siamese goods-video alignment), infer (no training)
+TRAIN_MODES = ("query", "ft", "infer")
 
 
 def get_task(name):

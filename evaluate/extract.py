@@ -89,8 +89,12 @@ def _encode_shard(model, dataset, features, rank, world_size, device, batch_size
             pids.extend(batch_pid)
             bar.update(len(batch["frames"]))
     seconds = time.time() - start
+    # this rank's data events (black frames, empty or untranslated texts, truncation), summed over its workers
+    events = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                       for k, v in (dataset.stats() if hasattr(dataset, "stats") else {}).items())
     print(f"{desc}: rank {rank} of {world_size}: {len(indices)} items in {seconds:.1f} s "
-          f"({len(indices) / max(seconds, 1e-9):.1f} items/s, {num_workers} loader workers)", flush=True)
+          f"({len(indices) / max(seconds, 1e-9):.1f} items/s, {num_workers} loader workers)"
+          + (f"; {events}" if events else ""), flush=True)
     return {f: np.concatenate(v) for f, v in feats.items()}, indices, pids
 
 

@@ -83,6 +83,16 @@ def _parse(text, num_values):
 
 PAPER_TABLES = {"Table 2": _parse(_TABLE2, 13), "Table 3": _parse(_TABLE3, 13), "Table 4": _parse(_TABLE4, 5)}
 
+# Table 2's names of the backbone families (model.family) and of the settings (train.mode)
+FAMILY_NAMES = {"chinese_clip": "ChineseCLIP", "clip": "CLIP", "cyclip": "CyCLIP", "fashionclip": "FashionCLIP",
+                "xclip": "XCLIP"}
+MODE_NAMES = {"infer": "infer", "ft": "ft", "query": "Q"}
+
+
+def table2_row_name(family, mode):
+    """The Table 2 row of a config: ("clip", "infer") -> "CLIP-infer"."""
+    return f"{FAMILY_NAMES[family]}-{MODE_NAMES[mode]}"
+
 
 def print_rows(rows):
     """Print [(name, 13 cells)] under the paper's header; a cell is a number, a printed string or None (blank)."""

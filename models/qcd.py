@@ -1,24 +1,28 @@
-"""The query-driven cross-domain model, Ours-Q (paper §4.3, Fig. 4)."""
+"""The query-driven cross-domain model, Ours-Q (paper §4.3, Fig. 4), on the towers of any backbone family
+(models.families); with train.mode=ft the same item encoder trains as the Siamese goods-video baseline of
+Table 2 ("-ft")."""
 import torch.nn.functional as F
 from torch import nn
 
+from datasets.batch import PAIR_KEYS, TRAIN_KEYS
 from losses import QueryContrastiveLoss, text_reconstruction_loss, vision_reconstruction_loss
-from models.backbone import CNClipBackbone
+from models.families import build_backbone
 from models.fusion import build_fusion
 from models.reconstruction import TextReconstructor, VisionReconstructor
 from models.video_pooling import build_video_pooling
 
-BATCH_KEYS = ("query_ids", "query_mask", "frames", "text_ids", "text_mask")
 
 
 class QCDModel(nn.Module):
     """Query branch: q_cls from the text tower. Item branch: per-frame [CLS] -> video pooling -> v_cls;
-    item text -> t_cls; fusion of text tokens and visual tokens -> u_cls. Training loss: Eq. 8."""
+    item text -> t_cls; fusion of text tokens and visual tokens -> u_cls. Training loss: Eq. 8 (train.mode=query),
+    or InfoNCE between the u_cls of a goods item and of a micro-video of the same query (train.mode=ft)."""
 
     def __init__(self, cfg):
         super().__init__()
         lcfg = cfg["loss"]
-        self.backbone = CNClipBackbone(cfg)
+        self.mode = cfg["train"]["mode"]
+        self.backbone = build_backbone(cfg)
         self.video_pooling = build_video_pooling(cfg)
         self.fusion = build_fusion(cfg, self.backbone)
         self.contrastive = QueryContrastiveLoss(lcfg["temperature"], lcfg["learn_temperature"], lcfg["max_logit_scale"],
@@ -26,7 +30,7 @@ class QCDModel(nn.Module):
         self.weights = dict(lcfg["weights"])
         self.recon = bool(lcfg["recon"])
         if self.recon:
-            self.text_recon = TextReconstructor(cfg, self.backbone.clip.bert_config.vocab_size)
+            self.text_recon = TextReconstructor(cfg, self.backbone.vocab_size)
             self.vision_recon = VisionReconstructor(cfg, self.backbone.vision_width, self.backbone.num_patches)
 
     def encode_query(self, input_ids, attention_mask):
@@ -52,9 +56,12 @@ class QCDModel(nn.Module):
                 "text": F.normalize(t_cls, dim=-1)}
 
     def forward(self, batch):
-        missing = [k for k in BATCH_KEYS if k not in batch]
+        keys = PAIR_KEYS if self.mode == "ft" else TRAIN_KEYS
+        missing = [k for k in keys if k not in batch]
         if missing:
-            raise KeyError(f"model batch lacks {missing}; expected keys {list(BATCH_KEYS)}")
+            raise KeyError(f"model batch (train.mode={self.mode}) lacks {missing}; expected keys {list(keys)}")
+        if self.mode == "ft":
+            return self._forward_pairs(batch)
         q_cls = self.backbone.encode_text(batch["query_ids"], batch["query_mask"])[0]
         u_cls, v_cls, t_cls, tokens = self._item_features(batch["frames"], batch["text_ids"], batch["text_mask"])
         out = {"loss_qu": self.contrastive(q_cls, u_cls),
@@ -75,15 +82,24 @@ class QCDModel(nn.Module):
         out["logit_scale"] = self.contrastive.scale().detach()
         return out
 
+    def _forward_pairs(self, batch):
+        """Siamese alignment: row i of the goods and of the video half share a query (pair_valid says which
+        rows still do after an unreadable item was replaced); the other rows are the negatives."""
+        u_goods = self._item_features(batch["frames"], batch["text_ids"], batch["text_mask"])[0]
+        u_video = self._item_features(batch["video_frames"], batch["video_text_ids"], batch["video_text_mask"])[0]
+        loss = self.contrastive(u_goods, u_video, valid=batch["pair_valid"])
+        return {"loss": loss, "loss_pair": loss, "logit_scale": self.contrastive.scale().detach()}
+
     def param_groups(self, cfg):
         """Optimizer groups "visual" (train.lr_visual), "recon" (train.lr_recon), "other" (train.lr);
         frozen parameters are left out, and so are groups left empty (e.g. recon off)."""
         tcfg = cfg["train"]
         groups = {"visual": [], "recon": [], "other": []}
+        visual = tuple("backbone." + p for p in self.backbone.visual_prefixes)
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            if name.startswith("backbone.clip.visual."):
+            if name.startswith(visual):
                 groups["visual"].append(p)
             elif name.startswith(("text_recon.", "vision_recon.")):
                 groups["recon"].append(p)
