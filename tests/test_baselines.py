@@ -5,6 +5,7 @@ import glob
 import os
 import random
 import subprocess
+import time
 
 import pytest
 import torch
@@ -222,3 +223,19 @@ def test_run_table2_selects_rows_and_rejects_unknown_ones():
     assert rows == ["XCLIP-infer", "ChineseCLIP-ft", "CLIP-ft", "CyCLIP-ft", "FashionCLIP-ft", "XCLIP-ft", "XCLIP-Q"]
     bad = run_table2("--dry-run", "clip_zero")
     assert bad.returncode == 2 and "unknown row 'clip_zero'" in bad.stderr
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_missing_weights_stop_the_launch_in_seconds_before_torchrun(family, tmp_path, mini_root):
+    """A row whose weights are not at its config's path fails in train.sh's check, naming where they are published."""
+    start = time.time()
+    result = subprocess.run(["sh", os.path.join(REPO, "train.sh"), f"configs/baselines/{family}_ft.yaml",
+                             f"data.root={mini_root}", f"output_dir={tmp_path}/out",
+                             f"model.backbone.pretrained={tmp_path}/absent"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    elapsed = time.time() - start
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"model.backbone.pretrained={tmp_path}/absent" in result.stderr and "not found" in result.stderr
+    assert ("hf download" in result.stderr) is (family in ("clip", "fashionclip", "xclip"))
+    assert "torch.distributed" not in result.stderr and not os.path.exists(tmp_path / "out")
+    assert elapsed < 10, f"{elapsed:.1f} s"
