@@ -19,7 +19,6 @@ from utils.distributed import barrier
 logger = logging.getLogger(__name__)
 
 
-
 def collate_train(samples):
     """Training samples of one domain -> the batch dict of the data contract."""
     domains = {s["domain"] for s in samples}

@@ -12,7 +12,6 @@ from models.reconstruction import TextReconstructor, VisionReconstructor
 from models.video_pooling import build_video_pooling
 
 
-
 class QCDModel(nn.Module):
     """Query branch: q_cls from the text tower. Item branch: per-frame [CLS] -> video pooling -> v_cls;
     item text -> t_cls; fusion of text tokens and visual tokens -> u_cls. Training loss: Eq. 8 (train.mode=query),
