@@ -1,7 +1,7 @@
 """Images per second through the training transform (decode + crop/flip/normalise) on one core,
 against JPEG decoding alone on the same files in the same run.
 
-    python benchmarks/bench_transforms.py [--images DIR] [--num 200] [--size 224] [--passes 5]
+    python benchmarks/bench_transforms.py [--images DIR] [--num 200] [--size 224] [--passes 5] [--preprocess P]
 
 Without --images, `--num` photo-like JPEGs of `--size` px are generated in a temporary folder.
 """
@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFilter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.frames import load_image  # noqa: E402
-from datasets.transforms import TrainClipTransform  # noqa: E402
+from datasets.transforms import PREPROCESS_PROFILES, train_clip_transform  # noqa: E402
 
 
 def write_images(folder, num, size, seed=0):
@@ -63,6 +63,7 @@ def main():
     parser.add_argument("--num", type=int, default=200)
     parser.add_argument("--size", type=int, default=224, help="generated image side and output crop size")
     parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument("--preprocess", choices=PREPROCESS_PROFILES, default="cn_clip", help="data.preprocess profile")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -73,7 +74,7 @@ def main():
                 sys.exit(f"no .jpg files under {args.images}")
         else:
             paths = write_images(tmp, args.num, args.size)
-        transform = TrainClipTransform(args.size, (0.64, 1.0))
+        transform = train_clip_transform(args.size, (0.64, 1.0), args.preprocess)
         time_pass(paths[:5], transform)  # warm-up (lazy imports, allocator)
         # best of several passes: the one least disturbed by other processes
         decode, apply = min((time_pass(paths, transform) for _ in range(args.passes)), key=sum)
@@ -81,7 +82,8 @@ def main():
             shape = f"{first.width}x{first.height}"
 
     n = len(paths)
-    print(f"{n} JPEGs of {shape} px, output {args.size} px, 1 thread, best of {args.passes} passes")
+    print(f"{n} JPEGs of {shape} px, output {args.size} px, data.preprocess={args.preprocess}, 1 thread, "
+          f"best of {args.passes} passes")
     print(f"decode only              : {n / decode:8.1f} images/s ({1e3 * decode / n:.3f} ms/image)")
     print(f"decode + train transform : {n / (decode + apply):8.1f} images/s ({1e3 * (decode + apply) / n:.3f} ms/image)")
     print(f"transform / decode time  : {apply / decode:.2f} (target <= 1.00)")

@@ -151,13 +151,17 @@ def build_tokenizer(model_cfg):
     return HFTokenizer(model_cfg["backbone"]["pretrained"])
 
 
-def image_stats(model_cfg):
-    """(mean, std) of the family's pixel normalisation: a transformers folder's image processor
+def image_stats(model_cfg, preprocess="cn_clip"):
+    """(mean, std) of the pixel normalisation. A profile of data.preprocess that fixes its own (authors:
+    ImageNet's) gives those for every family; otherwise the family's: a transformers folder's image processor
     (preprocessor_config.json as on the hub, or the image_processor of the processor_config.json that
     transformers 5 saves) when it has one, else OpenAI CLIP's (Chinese-CLIP and CyCLIP use those)."""
-    from datasets.transforms import CLIP_MEAN, CLIP_STD
+    from datasets.transforms import CLIP_MEAN, CLIP_STD, PROFILE_STATS, check_preprocess
 
     family = _family(model_cfg)
+    check_preprocess(preprocess)
+    if PROFILE_STATS[preprocess]:
+        return PROFILE_STATS[preprocess]
     folder = model_cfg["backbone"]["pretrained"]
     if family not in HF_MODEL_TYPES or not folder:
         return CLIP_MEAN, CLIP_STD

@@ -1,4 +1,8 @@
-"""Clip transforms: one crop and flip for all frames, cn_clip's preprocessing at eval, CLIP normalisation."""
+"""Clip transforms: one crop and flip for all frames, cn_clip's preprocessing at eval, CLIP normalisation;
+the authors' profile (data.preprocess=authors) against a computation of their loader written here."""
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +10,14 @@ from cn_clip.clip.utils import image_transform
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from datasets.transforms import CLIP_MEAN, CLIP_STD, INTERPOLATION, EvalClipTransform, TrainClipTransform, eval_transform
+import main_cross_domain_emb as entry
+from datasets import build_eval_dataset, build_train_loader
+from datasets.annotations import DatasetPaths
+from datasets.transforms import (CLIP_MEAN, CLIP_STD, INTERPOLATION, AuthorsTrainClipTransform, EvalClipTransform,
+                                 TrainClipTransform, eval_transform, train_clip_transform)
+from evaluation import model_made_by
+from models.families import image_stats
+from utils.config import ConfigError, load_config
 
 MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
 STD = torch.tensor(CLIP_STD).view(3, 1, 1)
@@ -107,3 +118,102 @@ def test_normalisation_of_a_uniform_image():
     clip = torch.full((1, 3, 32, 32), value, dtype=torch.uint8)
     out = EvalClipTransform(32)(clip)[0]
     assert torch.allclose(out, ((value / 255 - MEAN) / STD).expand(3, 32, 32), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- data.preprocess=authors
+# The authors' loader (train_cross_domain_emb.py get_loaders) normalises with ImageNet's statistics
+AUTHORS_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
+AUTHORS_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+SHAPES = {"portrait": (90, 160), "landscape": (160, 90), "square": (100, 100), "odd": (31, 17)}
+
+
+def authors_pixels(image, size, resample):
+    """Their pipeline on one PIL image: squashed to size x size by PIL, /255, ImageNet-normalised -> [3, S, S]."""
+    array = np.asarray(image.convert("RGB").resize((size, size), resample), dtype=np.float32) / 255
+    return torch.from_numpy((array.transpose(2, 0, 1) - AUTHORS_MEAN) / AUTHORS_STD)
+
+
+def as_frame(image):
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("size", [16, 224])
+def test_authors_eval_transform_is_their_val_transform(structured_image, shape, size):
+    """Their val_transform: Resize((S, S)) with PIL bilinear (the 'nearest' default maps to BILINEAR in their
+    resize_clip), a centre crop that keeps the whole square, ImageNet statistics."""
+    image = structured_image(*SHAPES[shape])
+    expected = authors_pixels(image, size, Image.BILINEAR)
+    assert (eval_transform(size, preprocess="authors")(image) - expected).abs().max() < 1e-5
+    out = EvalClipTransform(size, "authors")([as_frame(image), as_frame(structured_image(40, 30, 1))])
+    assert out.shape == (2, 3, size, size)
+    assert (out[0] - expected).abs().max() < 1e-5
+    assert (out[1] - authors_pixels(structured_image(40, 30, 1), size, Image.BILINEAR)).abs().max() < 1e-5
+    # the pixels differ from cn_clip's profile (bicubic, CLIP statistics) by far more than the tolerance
+    assert (eval_transform(size)(image) - expected).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_authors_train_transform_is_their_train_transform(structured_image, shape):
+    """Their RandomResizedCrop resizes the uncropped clip with PIL nearest (its 'bilinear' default maps to
+    NEAREST), then RandomHorizontalFlip flips the whole clip or none of it; ImageNet statistics."""
+    size = 27  # torch's nearest-exact resampling differs from PIL's at this size
+    images = [structured_image(*SHAPES[shape], seed=k) for k in range(3)]
+    clip = torch.stack([as_frame(image) for image in images])
+    expected = torch.stack([authors_pixels(image, size, Image.NEAREST) for image in images])
+    transform = train_clip_transform(size, (0.64, 1.0), "authors")
+    flipped = []
+    for seed in range(16):
+        out = transform(clip, seed=seed)
+        assert out.shape == (3, 3, size, size) and out.dtype == torch.float32
+        plain, mirrored = (out - expected).abs().max(), (out - torch.flip(expected, [-1])).abs().max()
+        assert min(plain, mirrored) < 1e-5
+        flipped.append(bool(mirrored < plain))
+    assert 2 < sum(flipped) < 14  # both orientations occur
+    assert torch.equal(transform(clip, seed=5), train_clip_transform(size, (0.1, 0.2), "authors")(clip, seed=5))
+    torch.manual_seed(123)
+    reference = torch.rand(3)
+    torch.manual_seed(123)
+    transform(clip, seed=7)
+    assert torch.equal(torch.rand(3), reference)
+
+
+def test_unknown_profile_is_refused():
+    for build in (lambda: eval_transform(16, "imagenet"), lambda: train_clip_transform(16, preprocess="imagenet")):
+        with pytest.raises(ValueError, match=r"data.preprocess='imagenet': expected one of cn_clip, authors"):
+            build()
+    cfg = load_config(os.path.join(CONFIGS, "base.yaml"), ["data.preprocess=imagenet"])
+    with pytest.raises(ConfigError, match=r"data.preprocess='imagenet': expected one of \['cn_clip', 'authors'\]"):
+        entry.validate_config(cfg)
+
+
+def test_authors_statistics_replace_every_familys(tmp_path):
+    """data.preprocess=authors normalises with ImageNet's statistics whatever the family's own are;
+    cn_clip keeps the family's (here a folder's image processor)."""
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.4, 0.3],
+                                                                   "image_std": [0.2, 0.25, 0.3]}))
+    fashion = {"family": "fashionclip", "backbone": {"pretrained": str(tmp_path)}}
+    chinese = {"family": "chinese_clip", "backbone": {"pretrained": None}}
+    for model_cfg in (fashion, chinese):
+        mean, std = image_stats(model_cfg, "authors")
+        assert np.allclose(mean, AUTHORS_MEAN.ravel()) and np.allclose(std, AUTHORS_STD.ravel())
+    assert image_stats(fashion, "cn_clip") == ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    assert image_stats(chinese) == (CLIP_MEAN, CLIP_STD)
+
+
+def test_data_preprocess_reaches_the_test_and_training_pipelines(mini_root):
+    overrides = [f"data.root={mini_root}", "data.image_size=24", "data.num_frames=3", "train.batch_size=4",
+                 "data.num_workers=0"]
+    configs = {p: load_config(os.path.join(CONFIGS, "base.yaml"), overrides + [f"data.preprocess={p}"])
+               for p in ("cn_clip", "authors")}
+    cfg = configs["authors"]
+    dataset = build_eval_dataset(cfg, DatasetPaths.from_config(cfg["data"]).gallery_list("video2goods"))
+    item = dataset.items[0]
+    with Image.open(os.path.join(dataset.paths.images_dir(item.domain), item.frames[0])) as image:
+        expected = authors_pixels(image, 24, Image.BILINEAR)
+    assert (dataset[0]["frames"][0] - expected).abs().max() < 1e-5
+    loader, _ = build_train_loader(cfg, 0, 1)
+    assert isinstance(loader.dataset.transform, AuthorsTrainClipTransform)
+    # features made with one profile are not reused for the other
+    assert model_made_by(configs["authors"]) != model_made_by(configs["cn_clip"])
