@@ -30,6 +30,8 @@ from models.fusion import FusionEncoder
 
 STAGE_TERMS = {"1": ("vtc", "otm", "mlm"), "2": ("epl",), "joint": ("vtc", "otm", "mlm", "epl")}
 BATCH_KEYS = ("frames", "text_ids", "text_mask", "epoch")
+# the blocks of a text-tower layer that models.fusion.FusionLayer copies (its cross-attention is new)
+COPIED_LAYER_PARTS = ("attention", "intermediate", "output")
 
 
 class PretrainModel(nn.Module):
@@ -127,12 +129,31 @@ class PretrainModel(nn.Module):
         return out
 
     def param_groups(self, cfg):
-        """Optimizer groups "visual" (train.lr_visual) and "other" (train.lr); frozen parameters left out."""
+        """Optimizer groups by where a parameter's values come from, frozen parameters left out: "visual"
+        (train.lr_visual) and "text" (train.lr) hold what is read from Chinese-CLIP, the visual tower and the
+        rest (the text tower, and the parts of its layers the fusion encoder copies); "new" (pretrain.lr_new,
+        null: train.lr) what pre-training initialises (cross-attention, the visual input of the fusion, the
+        heads, the VTC temperature)."""
         tcfg = cfg["train"]
-        groups = {"visual": [], "other": []}
+        visual = tuple("backbone." + p for p in self.backbone.visual_prefixes)
+        groups = {"visual": [], "text": [], "new": []}
         for name, p in self.named_parameters():
-            if p.requires_grad:
-                groups["visual" if name.startswith("backbone.clip.visual.") else "other"].append(p)
-        lrs = {"visual": tcfg["lr_visual"], "other": tcfg["lr"]}
+            if not p.requires_grad:
+                continue
+            if name.startswith(visual):
+                groups["visual"].append(p)
+            elif name.startswith("backbone.") or _copied_fusion_part(name):
+                groups["text"].append(p)
+            else:
+                groups["new"].append(p)
+        new_lr = cfg["pretrain"]["lr_new"]
+        lrs = {"visual": tcfg["lr_visual"], "text": tcfg["lr"], "new": tcfg["lr"] if new_lr is None else new_lr}
         return [{"name": n, "params": ps, "lr": lrs[n], "weight_decay": tcfg["weight_decay"]}
                 for n, ps in groups.items() if ps]
+
+
+def _copied_fusion_part(name):
+    """Whether `name` is in a block of a fusion layer copied from the text tower (fusion.proj, the other copy,
+    stays frozen in pre-training)."""
+    parts = name.split(".")
+    return parts[:2] == ["fusion", "layers"] and parts[3] in COPIED_LAYER_PARTS

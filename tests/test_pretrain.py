@@ -89,7 +89,7 @@ def test_stage2_freezes_the_towers(mini_root):
     assert not model.backbone.training and model.fusion.training  # no dropout in the frozen towers
     model(first_batch(cfg))["loss"].backward()
     assert all(p.grad is None and not p.requires_grad for p in model.backbone.parameters())
-    assert {g["name"] for g in model.param_groups(cfg)} == {"other"}
+    assert {g["name"] for g in model.param_groups(cfg)} == {"text", "new"}
     grouped = {id(p) for g in model.param_groups(cfg) for p in g["params"]}
     # u_cls's projection is retrieval's; pre-training does not use it
     assert grouped == {id(p) for n, p in model.named_parameters()
@@ -136,7 +136,7 @@ def test_stop_and_resume_in_the_middle_of_an_epoch_is_exact(joint, mini_root, tm
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     ma, mb = read_metrics(os.path.join(joint, "metrics.jsonl")), read_metrics(os.path.join(out, "metrics.jsonl"))
     for step in range(1, 2 * N + 1):
-        for key in ("train/loss_vtc", "train/loss_otm", "train/loss_mlm", "train/loss_epl", "lr/other"):
+        for key in ("train/loss_vtc", "train/loss_otm", "train/loss_mlm", "train/loss_epl", "lr/text", "lr/new"):
             assert mb[step][key] == ma[step][key], (step, key)
 
 
@@ -229,10 +229,11 @@ def test_metrics_and_start_up_report_of_a_pretraining_run(joint):
     metrics = read_metrics(os.path.join(joint, "metrics.jsonl"))
     assert sorted(metrics) == list(range(1, 2 * N + 1))
     for key in ("train/loss", "train/loss_vtc", "train/loss_otm", "train/loss_mlm", "train/loss_epl", "train/tau",
-                "train/epl_w_t", "lr/visual", "lr/other", "perf/samples_per_s"):
+                "train/epl_w_t", "lr/visual", "lr/text", "lr/new", "perf/samples_per_s"):
         assert key in metrics[1], key
     with open(os.path.join(joint, "train.log"), encoding="utf-8") as f:
         log = f.read()
     assert "task pretrain" in log and "total steps" in log
+    assert all(f"param group {group} " in log for group in ("visual", "text", "new"))  # each with its base lr
     assert os.listdir(os.path.join(joint, "tb"))
     assert json.loads(json.dumps(latest(joint)["config"]))["task"] == "pretrain"
