@@ -60,32 +60,41 @@ def shard(pid):
 
 
 @functools.lru_cache(maxsize=None)
-def default_list_files():
-    """(data.train_file, data.test_files) as configs/base.yaml sets them, for code that has no config:
-    the schema is the one place where the default file names are written."""
+def _default_data():
+    """configs/base.yaml's data section, for code that has no config: the schema is the one place where
+    the default file and folder names are written (not to be modified: it is shared)."""
     from utils.config import SCHEMA_PATH, load_config
 
-    data = load_config(SCHEMA_PATH)["data"]
-    return data["train_file"], data["test_files"]
+    return load_config(SCHEMA_PATH)["data"]
 
 
 class DatasetPaths:
     """Where each file of docs/DATA_FORMAT.md lives under a data root (all paths are str).
 
     `train_file` and `test_files` ({direction: {"query", "gallery", "gt"}}) are the list files
-    relative to `root`, as the config's data.train_file and data.test_files give them (None: the
-    defaults of configs/base.yaml); `from_config` takes them from a config's data section.
+    relative to `root`, as the config's data.train_file and data.test_files give them; `roots`
+    ({key: folder}, as data.roots) places the item folders, each relative to the dataset folder
+    `root/dataset` or absolute; a key left out, or None, takes the default of configs/base.yaml.
+    `from_config` takes them all from a config's data section.
     """
 
-    def __init__(self, root, dataset="Real400K", train_file=None, test_files=None):
+    def __init__(self, root, dataset="Real400K", train_file=None, test_files=None, roots=None):
         self.root = os.fspath(root)
         self.dataset = dataset
         self.data_dir = os.path.join(self.root, dataset)
         self.queries = os.path.join(self.data_dir, "query", "queries.txt")
         self.entities_dir = os.path.join(self.root, "entities")
-        default_train, default_test = default_list_files()
-        train_file = default_train if train_file is None else train_file
-        test_files = default_test if test_files is None else test_files
+        defaults = _default_data()
+        train_file = defaults["train_file"] if train_file is None else train_file
+        test_files = defaults["test_files"] if test_files is None else test_files
+        roots = dict(roots or {})
+        unknown = set(roots) - set(defaults["roots"])
+        if unknown:
+            raise ValueError(f"unknown data.roots key(s) {', '.join(sorted(unknown))}: expected "
+                             f"{', '.join(defaults['roots'])}")
+        # {data.roots key: folder}; os.path.join keeps an absolute folder as it is
+        self.roots = {key: os.path.join(self.data_dir, os.path.expanduser(os.fspath(
+            default if roots.get(key) is None else roots[key]))) for key, default in defaults["roots"].items()}
         self.train_file = os.path.join(self.root, train_file)
         self._test_files = {(d, kind): os.path.join(self.root, test_files[d][kind])
                             for d in DIRECTIONS for kind in LIST_KINDS}
@@ -97,7 +106,7 @@ class DatasetPaths:
     @classmethod
     def from_config(cls, data):
         """The paths of a config's `data` section."""
-        return cls(data["root"], data["dataset"], data["train_file"], data["test_files"])
+        return cls(data["root"], data["dataset"], data["train_file"], data["test_files"], data["roots"])
 
     @property
     def test_dir(self):
@@ -115,14 +124,13 @@ class DatasetPaths:
                 raise FileNotFoundError(f"list file not found: {path} (set by {self.config_keys(path)}, "
                                         f"relative to data.root {self.root})")
 
-    def domain_dir(self, domain):
-        return os.path.join(self.data_dir, normalize_domain(domain))
-
     def images_dir(self, domain):
-        return os.path.join(self.domain_dir(domain), "images")
+        """data.roots.goods_images or .video_images: test-list frame paths and frameid entries are relative to it."""
+        return self.roots[f"{normalize_domain(domain)}_images"]
 
     def text_dir(self, domain):
-        return os.path.join(self.domain_dir(domain), "text")
+        """data.roots.goods_texts or .video_texts: test-list text paths are relative to it."""
+        return self.roots[f"{normalize_domain(domain)}_texts"]
 
     def text_path(self, domain, pid):
         return os.path.join(self.text_dir(domain), shard(pid), f"{int(pid)}.txt")
@@ -132,10 +140,10 @@ class DatasetPaths:
         return os.path.join(self.images_dir("goods"), shard(pid), f"{int(pid)}.jpg")
 
     def frameid_path(self, pid):
-        return os.path.join(self.domain_dir("video"), "frameid", shard(pid), f"{int(pid)}.txt")
+        return os.path.join(self.roots["frameid"], shard(pid), f"{int(pid)}.txt")
 
     def raw_video_path(self, pid):
-        return os.path.join(self.domain_dir("video"), "raw", shard(pid), f"{int(pid)}.mp4")
+        return os.path.join(self.roots["raw_videos"], shard(pid), f"{int(pid)}.mp4")
 
     def query_list(self, direction):
         return self._test_files[check_direction(direction), "query"]
@@ -225,7 +233,7 @@ def _split_frames(value, path, lineno):
 
 
 def read_frame_ids(path):
-    """Frame paths (relative to video/images/) of one frameid file: one comma-separated line."""
+    """Frame paths (relative to data.roots.video_images) of one frameid file: one comma-separated line."""
     lines = list(iter_lines(path))
     if not lines:
         raise AnnotationError(path, 1, "expected one line of comma-separated frame paths, the file is empty")
@@ -254,6 +262,7 @@ class TrainEntry:
     query: str
     goods: list = field(default_factory=list)
     videos: list = field(default_factory=list)
+    english: str = None  # the optional 4th field: the query in English (None: not given)
 
 
 def _pid_list(value, path, lineno, what):
@@ -263,10 +272,16 @@ def _pid_list(value, path, lineno, what):
 
 
 def parse_train_line(line, path, lineno):
-    query, goods, videos = _split_fields(line, 3, "query, goods pids|None, video pids|None", path, lineno)
+    fields = [f.strip() for f in line.split("\t")]
+    if len(fields) not in (3, 4):
+        raise AnnotationError(path, lineno, "expected 3 or 4 tab-separated fields (query, goods pids|None, "
+                                            f"video pids|None[, English query]), got {len(fields)}")
+    query, goods, videos = fields[:3]
+    english = fields[3] if len(fields) == 4 and fields[3] else None
     if not query:
         raise AnnotationError(path, lineno, "expected a non-empty query text in field 1")
-    entry = TrainEntry(query, _pid_list(goods, path, lineno, "goods"), _pid_list(videos, path, lineno, "video"))
+    entry = TrainEntry(query, _pid_list(goods, path, lineno, "goods"), _pid_list(videos, path, lineno, "video"),
+                       english)
     if not entry.goods and not entry.videos:
         raise AnnotationError(path, lineno, "expected at least one goods or video pid (both fields are None)")
     return entry
@@ -275,6 +290,33 @@ def parse_train_line(line, path, lineno):
 def parse_train_file(path):
     """The training list (data.train_file) -> [TrainEntry] in file order."""
     return [parse_train_line(line, path, lineno) for lineno, line in iter_lines(path)]
+
+
+def count_duplicate_queries(queries):
+    """How many of `queries` (the query texts of training-list lines, in file order) repeat an earlier one:
+    the lines that merge_duplicate_queries folds into an earlier line."""
+    seen, repeats = set(), 0
+    for query in queries:
+        repeats += query in seen
+        seen.add(query)
+    return repeats
+
+
+def merge_duplicate_queries(entries):
+    """One TrainEntry per query text, at the position of its first line: the goods and videos of later lines
+    of the text are appended (without repeats) and their English query fills one still missing. Two lines of
+    one query would otherwise be two queries, each the other's false negative in a batch."""
+    merged, first = [], {}
+    for entry in entries:
+        if entry.query not in first:
+            first[entry.query] = len(merged)
+            merged.append(TrainEntry(entry.query, list(entry.goods), list(entry.videos), entry.english))
+            continue
+        kept = merged[first[entry.query]]
+        kept.goods += [p for p in entry.goods if p not in kept.goods]
+        kept.videos += [p for p in entry.videos if p not in kept.videos]
+        kept.english = kept.english or entry.english
+    return merged
 
 
 @dataclass

@@ -3,11 +3,14 @@
 Parsed into Python objects, Real20M's training list (about a million queries) costs every rank a
 minute and a gigabyte, and the objects' reference counts make forked workers copy their pages.
 `load_train_index(path, cache_dir)` parses the file once (with the parser of datasets.annotations,
-so errors still name file and line) into six arrays: the query texts as one UTF-8 buffer with
-offsets, and the goods and video pids with per-query offsets. They are saved as .npy files in a
-folder of `cache_dir` named after the file's path, size and modification time, written under a
-temporary name and renamed into place, so a partial cache is never used and an edited file gets a
-new one. Opened with mmap, the pages are the page cache's, shared by every process of the node.
+so errors still name file and line), merges the lines of one query text into its first line
+(datasets.annotations.merge_duplicate_queries: two lines of one query must not be each other's
+negatives), and stores eight arrays: the query texts and their English versions (the optional 4th
+field, or a line-aligned English file) as UTF-8 buffers with offsets, and the goods and video pids
+with per-query offsets. They are saved as .npy files in a folder of `cache_dir` named after the
+path, size and modification time of the file (and of the English file), written under a temporary
+name and renamed into place, so a partial cache is never used and an edited file gets a new one.
+Opened with mmap, the pages are the page cache's, shared by every process of the node.
 """
 import hashlib
 import json
@@ -18,18 +21,24 @@ import time
 
 import numpy as np
 
-from datasets.annotations import TrainEntry, iter_lines, parse_train_line
+from datasets.annotations import AnnotationError, TrainEntry, iter_lines, merge_duplicate_queries, parse_train_line
+from datasets.translations import read_aligned_english
 
 log = logging.getLogger(__name__)
 
-ARRAYS = ("query_bytes", "query_offsets", "goods", "goods_offsets", "videos", "videos_offsets")
-FORMAT = 1  # bump when the arrays change meaning
+ARRAYS = ("query_bytes", "query_offsets", "english_bytes", "english_offsets", "goods", "goods_offsets", "videos",
+          "videos_offsets")
+FORMAT = 2  # bump when the arrays change meaning
 CACHE_DIR_NAME = ".train_index"  # the default cache folder, beside the training file
 
 
-def _key(path):
+def _file_key(path):
     st = os.stat(path)
-    return {"path": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "format": FORMAT}
+    return {"path": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _key(path, english_file=None):
+    return {**_file_key(path), "english": _file_key(english_file) if english_file else None, "format": FORMAT}
 
 
 def _folder(path, cache_dir, key):
@@ -37,31 +46,76 @@ def _folder(path, cache_dir, key):
     return os.path.join(cache_dir, f"{os.path.basename(path)}.{digest}")
 
 
-def _build(path, out):
-    """Parse `path` line by line into the arrays of ARRAYS, saved in the folder `out`."""
-    text, text_offsets = bytearray(), [0]
+def _merge_repeats(queries, english, pids, offsets, repeats):
+    """Fold the later lines of a query text (`repeats`: {query index: [TrainEntry]}) into their first line, as
+    merge_duplicate_queries does: the per-query lists are patched in place of the first lines' ones."""
+    merged = {}
+    for i, later in repeats.items():
+        first = TrainEntry(queries[i], *(pids[n][offsets[n][i]:offsets[n][i + 1]] for n in ("goods", "videos")),
+                           english[i] or None)
+        merged[i] = merge_duplicate_queries([first] + later)[0]
+        english[i] = merged[i].english or ""
+    for name in ("goods", "videos"):
+        flat, off = pids[name], offsets[name]
+        counts = np.diff(np.asarray(off, dtype=np.int64))
+        out, done = [], 0
+        for i in sorted(merged):
+            out += flat[off[done]:off[i]]
+            out += getattr(merged[i], name)
+            counts[i] = len(getattr(merged[i], name))
+            done = i + 1
+        pids[name] = out + flat[off[done]:]
+        offsets[name] = np.concatenate([[0], np.cumsum(counts)])
+
+
+def _build(path, english_file, out):
+    """Parse `path` line by line into the arrays of ARRAYS, saved in the folder `out`; -> (lines, duplicate lines)."""
+    aligned = read_aligned_english(english_file) if english_file else None
+    first, queries, english, repeats = {}, [], [], {}
     pids = {"goods": [], "videos": []}
     offsets = {"goods": [0], "videos": [0]}
+    lines = 0
     for lineno, line in iter_lines(path):
         entry = parse_train_line(line, path, lineno)
-        text += entry.query.encode("utf-8")
-        text_offsets.append(len(text))
-        for name, items in (("goods", entry.goods), ("videos", entry.videos)):
-            pids[name] += items
+        if aligned is not None:
+            if entry.english:
+                raise AnnotationError(path, lineno, f"expected no English 4th field: data.translations={english_file} "
+                                                    "gives the English queries by line; use one of the two")
+            entry.english = aligned[lines] if lines < len(aligned) else None
+        lines += 1
+        i = first.setdefault(entry.query, len(queries))
+        if i < len(queries):  # the text of an earlier line
+            repeats.setdefault(i, []).append(entry)
+            continue
+        queries.append(entry.query)
+        english.append(entry.english or "")
+        for name in ("goods", "videos"):
+            pids[name] += getattr(entry, name)
             offsets[name].append(len(pids[name]))
-    os.makedirs(out)
-    arrays = {"query_bytes": np.frombuffer(bytes(text), dtype=np.uint8),
-              "query_offsets": np.asarray(text_offsets, dtype=np.int64)}
+    if aligned is not None and len(aligned) != lines:
+        raise AnnotationError(english_file, None, f"data.translations has {len(aligned)} lines and "
+                              f"data.train_file={path} has {lines} query lines: a line-aligned English file needs "
+                              "one line per training line (blank training lines not counted)")
+    if repeats:
+        _merge_repeats(queries, english, pids, offsets, repeats)
+    arrays = {}
+    for name, texts in (("query", queries), ("english", english)):
+        encoded = [t.encode("utf-8") for t in texts]
+        arrays[name + "_bytes"] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        arrays[name + "_offsets"] = np.cumsum([0] + [len(b) for b in encoded], dtype=np.int64)
     for name in ("goods", "videos"):
         arrays[name] = np.asarray(pids[name], dtype=np.int64)
         arrays[name + "_offsets"] = np.asarray(offsets[name], dtype=np.int64)
+    os.makedirs(out)
     for name in ARRAYS:
         np.save(os.path.join(out, name + ".npy"), arrays[name])
+    return lines, lines - len(queries)
 
 
 class TrainIndex:
-    """The training list in file order: `len()`, `query(i)`, `goods(i)`, `videos(i)`, and `index[i]` as a
-    datasets.annotations.TrainEntry (what the sampler and the training dataset read)."""
+    """The queries of the training list, one per query text, in the order of their first lines: `len()`,
+    `query(i)`, `english(i)`, `goods(i)`, `videos(i)`, and `index[i]` as a datasets.annotations.TrainEntry
+    (what the sampler and the training dataset read); `lines` and `duplicate_lines` count the file's lines."""
 
     def __init__(self, folder):
         self.folder = folder
@@ -71,6 +125,10 @@ class TrainIndex:
         # plain ndarray views of the mapped files: slicing them is several times faster than slicing np.memmap
         a = {name: np.asarray(np.load(os.path.join(self.folder, name + ".npy"), mmap_mode="r")) for name in ARRAYS}
         self._text, self._text_offsets = a["query_bytes"], a["query_offsets"]
+        self._english, self._english_offsets = a["english_bytes"], a["english_offsets"]
+        with open(os.path.join(self.folder, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        self.lines, self.duplicate_lines = meta["lines"], meta["duplicate_lines"]
         self._pids = {"goods": (a["goods"], a["goods_offsets"]), "videos": (a["videos"], a["videos_offsets"])}
 
     def __getstate__(self):  # a spawned worker maps the files itself rather than receiving copies
@@ -86,6 +144,10 @@ class TrainIndex:
     def query(self, i):
         return bytes(self._text[self._text_offsets[i]:self._text_offsets[i + 1]]).decode("utf-8")
 
+    def english(self, i):
+        """The English query of query i (None: not given)."""
+        return bytes(self._english[self._english_offsets[i]:self._english_offsets[i + 1]]).decode("utf-8") or None
+
     def _items(self, name, i):
         pids, offsets = self._pids[name]
         return pids[offsets[i]:offsets[i + 1]].tolist()
@@ -100,7 +162,7 @@ class TrainIndex:
         if not -len(self) <= i < len(self):
             raise IndexError(f"query {i} outside the {len(self)} queries of {self.folder}")
         i %= len(self)
-        return TrainEntry(self.query(i), self.goods(i), self.videos(i))
+        return TrainEntry(self.query(i), self.goods(i), self.videos(i), self.english(i))
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -112,11 +174,12 @@ class TrainIndex:
             yield goods[go[i]:go[i + 1]].tolist(), videos[vo[i]:vo[i + 1]].tolist()
 
 
-def load_train_index(path, cache_dir=None):
+def load_train_index(path, cache_dir=None, english_file=None):
     """The TrainIndex of the training list `path`, from its cache in `cache_dir` (default: the
-    CACHE_DIR_NAME folder beside the file) or built there first. Safe to call from several processes
-    at once: each builds under its own temporary name and the first rename wins."""
-    key = _key(path)
+    CACHE_DIR_NAME folder beside the file) or built there first; `english_file`: a line-aligned file
+    of English queries (docs/TRANSLATIONS.md) for the lines of `path`. Safe to call from several
+    processes at once: each builds under its own temporary name and the first rename wins."""
+    key = _key(path, english_file)
     cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(path)), CACHE_DIR_NAME)
     folder = _folder(path, cache_dir, key)
     meta = os.path.join(folder, "meta.json")
@@ -125,14 +188,17 @@ def load_train_index(path, cache_dir=None):
         tmp = f"{folder}.partial{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         start = time.perf_counter()
-        _build(path, tmp)
+        lines, duplicates = _build(path, english_file, tmp)
         log.info("indexed %s in %.1f s into %s (later runs map it)", path, time.perf_counter() - start, folder)
         with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-            json.dump(key, f)
+            json.dump({**key, "lines": lines, "duplicate_lines": duplicates}, f)
         try:
             os.rename(tmp, folder)
         except OSError:  # another process renamed its copy first
             shutil.rmtree(tmp, ignore_errors=True)
             if not os.path.exists(meta):
                 raise
-    return TrainIndex(folder)
+    index = TrainIndex(folder)
+    log.info("training list %s: %d lines, %d queries; %d duplicate lines (the query text of an earlier line) "
+             "merged into the first line of their text", path, index.lines, len(index), index.duplicate_lines)
+    return index

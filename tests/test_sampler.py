@@ -6,6 +6,7 @@ import pytest
 
 from datasets.annotations import TrainEntry
 from datasets.sampler import DomainBatchSampler
+from datasets.train_index import load_train_index
 
 
 def make_entries(n, seed=0):
@@ -96,6 +97,25 @@ def test_ranks_are_disjoint_agree_on_domain_and_concatenate_to_the_one_rank_batc
     flat0 = {(s.query_index, s.pid) for b in r0 for s in b}
     flat1 = {(s.query_index, s.pid) for b in r1 for s in b}
     assert not flat0 & flat1
+
+
+def test_lines_of_one_query_text_never_meet_in_a_global_batch(tmp_path):
+    # 10 query texts on 4 lines each (the authors' list repeats texts): 4 lines of one text would be 4 queries
+    lines = [f"查询{k}\t{100 * k + copy}\tNone" for copy in range(4) for k in range(10)]
+    path = tmp_path / "train.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    index = load_train_index(str(path), str(tmp_path / "cache"))
+    assert len(index) == 10 and index.goods(3) == [300, 301, 302, 303]
+    drawn = set()
+    for epoch in range(5):
+        r0 = batches(index, 2, rank=0, world_size=2, seed=1, epoch=epoch)
+        r1 = batches(index, 2, rank=1, world_size=2, seed=1, epoch=epoch)
+        assert len(r0) == len(r1) == 2
+        for a, b in zip(r0, r1):
+            texts = [index.query(s.query_index) for s in a + b]
+            assert len(texts) == len(set(texts)), (epoch, texts)
+            drawn |= {s.pid for s in a + b}
+    assert drawn <= {100 * k + copy for copy in range(4) for k in range(10)} and len(drawn) > 10
 
 
 def test_domain_is_drawn_half_half_and_items_uniformly():

@@ -24,7 +24,7 @@ def test_entries_and_sampler_plans_equal_the_parsers_on_the_mini_set(mini_root, 
 
 
 @pytest.mark.parametrize("line", [
-    "only two\tfields", "\t1\t2", "q\tNone\tNone", "q\t1,x\t2", "q\t-3\tNone", "q\t1\t2\textra",
+    "only two\tfields", "\t1\t2", "q\tNone\tNone", "q\t1,x\t2", "q\t-3\tNone", "q\t1\t2\tenglish\textra",
 ])
 def test_malformed_lines_give_the_parsers_error_and_leave_no_cache(tmp_path, line):
     path = tmp_path / "train.txt"
