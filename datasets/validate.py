@@ -1,14 +1,16 @@
 """Check a dataset root against every rule of docs/DATA_FORMAT.md.
 
     python -m datasets.validate ROOT [--dataset Real400K] [--max-items N] [--decode-images]
-    python -m datasets.validate --config CFG [ROOT] ...   root, dataset and list files of CFG's data section
+    python -m datasets.validate --config CFG [ROOT] ...   root, dataset, list files and item folders of CFG's data section
 
 Prints counts and every problem (file:line and what was expected), grouped by kind,
 and exits with status 1 when a rule is violated. Warnings (allowed by the format but
 worth knowing: a goods text with another number of lines, a gt query whose relevant
 items are all missing from the gallery (it scores 0), ...) do not change the status.
 
-A list file (queries, train, query/gallery/gt) without any non-blank line is an error.
+A list file (train, query/gallery/gt, and query/queries.txt, which is optional and read by
+nothing else, when present) without any non-blank line is an error. The item folders are those
+of data.roots (`--config`), else the default layout.
 Annotation files are streamed line by line, so the real Real400K (hundreds of
 thousands of items) is fine; the per-item file checks (image, text, frameid and frame
 files exist, and each image file is non-empty and starts like a JPEG, PNG, GIF, BMP or
@@ -24,12 +26,14 @@ import sys
 from collections import defaultdict
 
 from datasets.annotations import (DIRECTIONS, GALLERY_DOMAIN, GOODS_TEXT_FIELDS, QUERY_DOMAIN, SHARD_MODULUS,
-                                  VIDEO_TEXT_FIELDS, AnnotationError, DatasetPaths, empty_list_error, iter_lines,
-                                  read_file_lines, parse_gt_line, parse_item_line, parse_train_line, read_frame_ids, shard)
+                                  VIDEO_TEXT_FIELDS, AnnotationError, DatasetPaths, count_duplicate_queries,
+                                  empty_list_error, iter_lines, read_file_lines, parse_gt_line, parse_item_line,
+                                  parse_train_line, read_frame_ids, shard)
 
-# layout folder -> extension of the <pid % 50000>/<pid>.<ext> files it holds
-SHARDED_FOLDERS = (("goods", "images", ".jpg"), ("goods", "text", ".txt"), ("video", "frameid", ".txt"),
-                   ("video", "text", ".txt"), ("video", "raw", ".mp4"))
+# data.roots key -> extension of the <pid % 50000>/<pid>.<ext> files its folder holds (video_images: any names)
+SHARDED_FOLDERS = (("goods_images", ".jpg"), ("goods_texts", ".txt"), ("frameid", ".txt"), ("video_texts", ".txt"),
+                   ("raw_videos", ".mp4"))
+OPTIONAL_ROOTS = ("raw_videos",)  # only data.frame_source=raw reads it
 
 # how files of the image formats PIL opens begin, as PIL's own format checks test it; 12 bytes cover them all
 IMAGE_SIGNATURES = {"JPEG": rb"\xff\xd8\xff", "PNG": rb"\x89PNG\r\n\x1a\n", "GIF": rb"GIF8[79]a", "BMP": rb"BM",
@@ -160,11 +164,9 @@ class _Validator:
 
     def check_layout(self):
         p = self.paths
-        required = [p.data_dir, p.queries, p.images_dir("goods"), p.text_dir("goods"), p.images_dir("video"),
-                    os.path.join(p.domain_dir("video"), "frameid"), p.text_dir("video")]
-        for path in required:
-            if not os.path.exists(path):
-                self.report.error("missing from layout", f"expected {path}")
+        for key, path in p.roots.items():
+            if key not in OPTIONAL_ROOTS and not os.path.isdir(path):
+                self.report.error("missing from layout", f"expected folder {path} (data.roots.{key})")
         for path in (p.train_file, *(f for d in DIRECTIONS for f in p.direction_files(d))):
             if not os.path.isfile(path):
                 self.report.error("missing list file", f"expected {path} (set by {p.config_keys(path)})")
@@ -191,11 +193,15 @@ class _Validator:
             self.report.error("empty list", str(empty_list_error(path)))
 
     def check_queries(self):
+        if not os.path.isfile(self.paths.queries):
+            self.report.counts["queries.txt lines"] = "absent (optional)"
+            return
         self.report.counts["queries.txt lines"] = sum(1 for _ in self.lines(self.paths.queries, required=True))
 
     def check_train(self):
         path = self.paths.train_file
         goods, videos = {}, {}
+        queries = []
         n = goods_only = video_only = 0
         for lineno, line in self.lines(path, required=True):
             try:
@@ -204,14 +210,17 @@ class _Validator:
                 self.report.error("bad train line", str(e))
                 continue
             n += 1
+            queries.append(entry.query)
             goods_only += not entry.videos
             video_only += not entry.goods
             for pid in entry.goods:
                 goods.setdefault(pid, f"{path}:{lineno}")
             for pid in entry.videos:
                 videos.setdefault(pid, f"{path}:{lineno}")
-        self.report.counts.update({"train queries": n, "train queries with goods only": goods_only,
-                                   "train queries with videos only": video_only,
+        self.report.counts.update({"train lines": n, "train lines with goods only": goods_only,
+                                   "train lines with videos only": video_only,
+                                   # training merges these into the first line of their text
+                                   "train lines repeating an earlier query text": count_duplicate_queries(queries),
                                    "train goods": len(goods), "train videos": len(videos)})
         for pid, where in _sample(goods, self.max_items):
             self.check_image(self.paths.image_path(pid), where)
@@ -287,10 +296,19 @@ class _Validator:
         self.check_items(gallery)
 
     def check_shard_folders(self):
-        for domain, folder, ext in SHARDED_FOLDERS:
-            top = os.path.join(self.paths.domain_dir(domain), folder)
+        folders = {}  # folder -> {extension: [data.roots keys]}: keys naming one folder scan it once
+        for key, ext in SHARDED_FOLDERS:
+            folders.setdefault(os.path.normpath(self.paths.roots[key]), {}).setdefault(ext, []).append(key)
+        frames_dir = os.path.normpath(self.paths.roots["video_images"])
+        for top, by_ext in folders.items():
+            keys = " and ".join(k for ks in by_ext.values() for k in ks)
             if not os.path.isdir(top):
                 continue
+            if top == frames_dir:
+                self.report.warning("shard folder scan skipped", f"{top}: data.roots.{keys} is also "
+                                    "data.roots.video_images, whose frames may have any name")
+                continue
+            names = " or ".join(f"<pid>{ext}" for ext in by_ext)
             checked = 0
             with os.scandir(top) as entries:
                 for entry in sorted(entries, key=lambda e: e.name):
@@ -301,25 +319,26 @@ class _Validator:
                     with os.scandir(entry.path) as files:
                         for f in files:
                             name, fext = os.path.splitext(f.name)
-                            if fext != ext or not name.isdigit() or int(name) % SHARD_MODULUS != int(entry.name):
+                            if fext not in by_ext or not name.isdigit() or int(name) % SHARD_MODULUS != int(entry.name):
                                 self.report.error("not in the pid % 50000 layout",
-                                                  f"{f.path}: expected <pid>{ext} with pid % {SHARD_MODULUS} == "
+                                                  f"{f.path}: expected {names} with pid % {SHARD_MODULUS} == "
                                                   f"{entry.name}")
                             checked += 1
                     if self.max_items is not None and checked >= self.max_items:
                         break
-            self.report.counts[f"{domain}/{folder} files scanned"] = checked
+            self.report.counts[f"{keys} files scanned"] = checked
 
 
 def validate(root, dataset="Real400K", max_items=None, decode_images=False, max_examples=20, train_file=None,
-             test_files=None):
+             test_files=None, roots=None):
     """Check `root` (the folder holding <dataset>/, entities/ and the list files); returns a Report.
-    `train_file` and `test_files` are as data.train_file and data.test_files (None: the defaults)."""
+    `train_file`, `test_files` and `roots` are as data.train_file, data.test_files and data.roots (None:
+    the defaults)."""
     report = Report(max_examples)
-    v = _Validator(DatasetPaths(root, dataset, train_file, test_files), max_items, decode_images, report)
+    v = _Validator(DatasetPaths(root, dataset, train_file, test_files, roots), max_items, decode_images, report)
     v.check_layout()
-    if not os.path.isdir(v.paths.data_dir):
-        return report
+    if not any(os.path.isdir(folder) for folder in v.paths.roots.values()):
+        return report  # no item folder at all: the root or dataset is wrong, per-item errors would only repeat it
     v.check_queries()
     v.check_train()
     for direction in DIRECTIONS:
@@ -332,10 +351,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Check a dataset root against docs/DATA_FORMAT.md.")
     parser.add_argument("root", nargs="?", help="folder holding Real400K/ (or Real20M/), entities/ and the list files "
                                                 "(default with --config: its data.root)")
-    parser.add_argument("--config", help="take data.root, data.dataset, data.train_file and data.test_files from "
-                                         "this config")
-    parser.add_argument("--dataset", help="sub-folder with query/, goods/, video/ (default: Real400K or the "
-                                          "config's data.dataset)")
+    parser.add_argument("--config", help="take data.root, data.dataset, data.train_file, data.test_files and "
+                                         "data.roots from this config")
+    parser.add_argument("--dataset", help="sub-folder holding the item folders (default: Real400K or the config's "
+                                          "data.dataset)")
     parser.add_argument("--max-items", type=int, default=None,
                         help="check the files of at most N sampled items per group (default: all)")
     parser.add_argument("--decode-images", action="store_true", help="also decode every checked image")
@@ -348,9 +367,9 @@ def main(argv=None):
     elif args.root is None:
         parser.error("give ROOT or --config")
     else:
-        data = {"root": args.root, "dataset": "Real400K", "train_file": None, "test_files": None}
+        data = {"root": args.root, "dataset": "Real400K", "train_file": None, "test_files": None, "roots": None}
     report = validate(args.root or data["root"], args.dataset or data["dataset"], args.max_items, args.decode_images,
-                      args.max_examples, data["train_file"], data["test_files"])
+                      args.max_examples, data["train_file"], data["test_files"], data["roots"])
     print(report.format())
     return 0 if report.ok else 1
 

@@ -45,7 +45,7 @@ Test products draw their concepts independently of training, so most test concep
 are combinations never seen in training.
 
 Format details exercised on purpose: pids are large random integers (shard folders
-`pid % 50000`), video items of the goods2video lists use the domain name `photo`, about
+`pid % 50000`), video items of the test lists use the authors' domain name `photo`, about
 a fifth of the gt lines write ids as paths (`<shard>/<pid>_0.jpg` for the query), a few
 training goods texts have a wrong number of lines (their title counts as empty), and
 the first `num_raw_videos` [8] training videos (all with -1) also exist as
@@ -106,6 +106,7 @@ ATTRIBUTE_SIZES = (len(CATEGORIES), len(COLOURS), len(PATTERNS), len(MATERIALS))
 # entities/<TRUTH_FILE>: "domain<TAB>pid<TAB>level-3 entity" of every item, the hidden truth that lets the
 # pre-training demo score pseudo-labels; not part of the dataset format
 TRUTH_FILE = "mini_item_level3.tsv"
+AUTHORS_VIDEO_DOMAIN = "photo"  # the micro-video domain as the authors' test lists name it (read as video)
 
 
 def _words(attribute, value):
@@ -419,7 +420,6 @@ def generate(out, seed=0, num_queries=300, num_test_queries=100, gallery_size=10
     w.write_lines(w.paths.train_file, train_lines)
 
     for direction in DIRECTIONS:
-        video_name = "video" if direction == "video2goods" else "photo"
         query_domain = "video" if direction == "video2goods" else "goods"
 
         def make(domain, concept, query):
@@ -427,7 +427,7 @@ def generate(out, seed=0, num_queries=300, num_test_queries=100, gallery_size=10
                 pid = w.goods(concept)
                 return pid, w.item_line(pid, "goods", query, [f"{shard(pid)}/{pid}.jpg"])
             pid, frames = w.video(concept)
-            return pid, w.item_line(pid, video_name, query, frames)
+            return pid, w.item_line(pid, AUTHORS_VIDEO_DOMAIN, query, frames)
 
         gallery_domain = "goods" if query_domain == "video" else "video"
         query_lines, gallery, gt_lines = [], [], []

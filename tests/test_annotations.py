@@ -25,7 +25,7 @@ def test_train_file_values_blank_lines_and_none(tmp_path):
 
 
 @pytest.mark.parametrize("bad_line, expected", [
-    ("红色杯子\t11,12", "expected 3 tab-separated fields"),
+    ("红色杯子\t11,12", "expected 3 or 4 tab-separated fields"),
     ("红色杯子\t11,x2\tNone", "expected goods pid as a non-negative decimal integer, got 'x2'"),
     ("红色杯子\tNone\t-5", "expected video pid as a non-negative decimal integer"),
     ("红色杯子\tNone\tNone", "expected at least one goods or video pid"),

@@ -370,7 +370,7 @@ def test_train_loader_workers_share_counts_and_match_single_process(mini_root):
 
 def test_raw_video_decoding_matches_the_frame_images(mini_root):
     paths = DatasetPaths(mini_root)
-    raw = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(paths.domain_dir("video"), "raw")) for f in fs)
+    raw = sorted(os.path.join(d, f) for d, _, fs in os.walk(paths.roots["raw_videos"]) for f in fs)
     assert raw
     pid = int(os.path.splitext(os.path.basename(raw[0]))[0])
     names = read_frame_ids(paths.frameid_path(pid))

@@ -39,7 +39,7 @@ def test_generated_dataset_passes_the_validator(mini_root):
     # the only warnings are the deliberately truncated goods texts
     assert report.kinds("warning") <= {"goods text with 6 lines expected"}
     c = report.counts
-    assert c["train queries"] == MINI_SIZES["num_queries"]
+    assert c["train lines"] == MINI_SIZES["num_queries"]
     for d in DIRECTIONS:
         assert c[f"{d} queries"] == c[f"{d} gt queries"] == MINI_SIZES["num_test_queries"]
         assert c[f"{d} gallery"] == MINI_SIZES["gallery_size"]
@@ -68,7 +68,7 @@ def test_validator_catches_planted_violations(mini_root, tmp_path, capsys):
     query_list = p.query_list("video2goods")
     with open(query_list, encoding="utf-8") as f:
         lines = f.read().split("\n")
-    lines[1] = lines[1].replace("\tvideo\t", "\tgoods\t", 1).split("\t")
+    lines[1] = lines[1].replace("\tphoto\t", "\tgoods\t", 1).split("\t")
     lines[1][3] = lines[1][3].split(",")[0]
     lines[1] = "\t".join(lines[1])
     with open(query_list, "w", encoding="utf-8") as f:
@@ -92,7 +92,7 @@ def test_validator_catches_planted_violations(mini_root, tmp_path, capsys):
     assert not report.ok
     found = {kind: "\n".join(report.problems["error"][kind]) for kind in report.kinds()}
     assert f"train.txt:{goods_line}: expected image" in found["missing image"]
-    assert f"train.txt:{bad_train_line}: expected 3 tab-separated fields" in found["bad train line"]
+    assert f"train.txt:{bad_train_line}: expected 3 or 4 tab-separated fields" in found["bad train line"]
     assert "video2goods_query.txt:2: expected domain video, got goods" in found["wrong domain"]
     gt_line = _line_of(p.gt_file("goods2video"), lambda line: line.startswith("999\t"))
     assert f"goods2video_gt.txt:{gt_line}: expected query 999" in found["gt query not in the query list"]
@@ -132,8 +132,8 @@ def test_validator_follows_the_recall_rule_for_gt_lines(mini_root, tmp_path):
 def test_validator_max_items_samples_the_file_checks(mini_root):
     full = validate(mini_root).counts
     sampled = validate(mini_root, max_items=5).counts
-    assert full["goods/images files scanned"] > 20
-    assert 5 <= sampled["goods/images files scanned"] < full["goods/images files scanned"]
+    assert full["goods_images files scanned"] > 20
+    assert 5 <= sampled["goods_images files scanned"] < full["goods_images files scanned"]
 
 
 def test_generation_is_deterministic(mini_root, tmp_path):
@@ -146,7 +146,7 @@ def test_generation_is_deterministic(mini_root, tmp_path):
 def test_default_size_meets_the_minimums(tmp_path):
     paths = generate(tmp_path / "default")  # about 5 s on one core
     c = validate(paths.root, max_items=30).counts
-    assert c["train queries"] >= 300
+    assert c["train lines"] >= 300
     for d in DIRECTIONS:
         assert c[f"{d} queries"] >= 100 and c[f"{d} gallery"] >= 1000
     goods = parse_item_list(paths.gallery_list("video2goods"))[0]
@@ -157,7 +157,7 @@ def test_raw_videos_decode_to_their_frames(mini_root):
     import decord
 
     p = DatasetPaths(mini_root)
-    raw_dir = os.path.join(p.domain_dir("video"), "raw")
+    raw_dir = p.roots["raw_videos"]
     videos = [int(os.path.splitext(f)[0]) for _, _, files in os.walk(raw_dir) for f in files]
     assert len(videos) == MINI_SIZES["num_raw_videos"]
     for pid in videos:
@@ -176,8 +176,9 @@ def test_texts_are_chinese_noisy_and_use_the_format_options(mini_root):
     assert all(CJK.search(q) for q in queries)
     video_texts = [read_video_text(p.text_path("video", item.pid)) for item in parse_item_list(p.gallery_list("goods2video"))]
     assert any(None in t.values() for t in video_texts) and any(None not in t.values() for t in video_texts)
-    with open(p.gallery_list("goods2video"), encoding="utf-8") as f:
-        assert all(line.split("\t")[1] == "photo" for line in f)
+    for video_list in (p.gallery_list("goods2video"), p.query_list("video2goods")):  # the authors' domain name
+        with open(video_list, encoding="utf-8") as f:
+            assert all(line.split("\t")[1] == "photo" for line in f)
     gt_lines = [line for d in DIRECTIONS for line in open(p.gt_file(d), encoding="utf-8")]
     assert any("/" in line for line in gt_lines) and any("/" not in line for line in gt_lines)
     assert sum(len(v) for v in parse_gt(p.gt_file("video2goods")).values()) >= MINI_SIZES["num_test_queries"]

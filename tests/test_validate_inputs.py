@@ -95,3 +95,67 @@ def test_validator_checks_the_first_bytes_of_every_image(mini_root, tmp_path):
         f"{where}: {path}: {message}" for path, (_, where, message) in planted.items())
     # decoding finds nothing more, and reports the planted files the same way
     assert validate(root, decode_images=True).problems == report.problems
+
+
+def queries_copy(mini_root, tmp_path):
+    """Paths of a copy of the mini dataset's list files and query/queries.txt; goods/ and video/ are the mini
+    dataset's (symlinks)."""
+    root, data = tmp_path / "queries", os.path.join(mini_root, "Real400K")
+    shutil.copytree(mini_root, root, ignore=lambda d, names: ["Real400K"] if d == mini_root else [])
+    shutil.copytree(data, root / "Real400K", ignore=lambda d, names: ["goods", "video"] if d == data else [])
+    for domain in ("goods", "video"):
+        os.symlink(os.path.join(data, domain), root / "Real400K" / domain)
+    return DatasetPaths(root)
+
+
+def test_queries_file_is_optional_and_checked_when_present(mini_root, tmp_path):
+    paths = queries_copy(mini_root, tmp_path)
+    os.remove(paths.queries)
+    report = validate(paths.root, max_items=3)
+    assert report.ok, report.format()
+    assert report.counts["queries.txt lines"] == "absent (optional)"
+    overwrite(paths.queries, "红色杯子\n".encode() + b"\xff\xfe\n")
+    report = validate(paths.root, max_items=3)
+    assert report.kinds() == {"unreadable file"}
+    assert report.problems["error"]["unreadable file"][0].startswith(f"{paths.queries}: expected UTF-8 text")
+    overwrite(paths.queries, b"\n  \n")
+    assert validate(paths.root, max_items=3).problems["error"]["empty list"] == [
+        f"{paths.queries}: empty list: expected at least one non-blank line"]
+    overwrite(paths.queries, "红色杯子\n\n蓝色背包\n".encode())
+    report = validate(paths.root, max_items=3)
+    assert report.ok and report.counts["queries.txt lines"] == 2
+
+
+def test_validator_counts_lines_repeating_a_query_text(mini_root, tmp_path, capsys):
+    paths = lists_copy(mini_root, tmp_path)
+    entries = parse_train_file(paths.train_file)
+    with open(paths.train_file, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    # three more lines of earlier texts: two repeated as they are, one with another line's items and spaces around
+    extra = [lines[0], lines[1], f"  {entries[0].query} \t{lines[2].split(chr(9), 1)[1]}"]
+    with open(paths.train_file, "a", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in extra))
+    expected = len(entries) - len({e.query for e in entries}) + 3
+    report = validate(paths.root, max_items=3)
+    assert report.ok, report.format()
+    assert report.counts["train lines repeating an earlier query text"] == expected
+    assert validate_main([paths.root, "--max-items", "3"]) == 0
+    assert f"  train lines repeating an earlier query text: {expected}\n" in capsys.readouterr().out
+
+
+def test_photo_and_video_name_the_same_domain(mini_root, tmp_path):
+    paths = lists_copy(mini_root, tmp_path)
+    cfg = load_config(BASE_CONFIG, [f"data.root={paths.root}", "data.num_workers=0"])
+    video_lists = [paths.query_list("video2goods"), paths.gallery_list("goods2video")]
+    for path in video_lists:
+        before = parse_item_list(path, domain="video")
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        assert all(line.split("\t")[1] == "photo" for line in lines)  # the mini dataset writes the authors' name
+        # every other line renamed: one list holds both names
+        renamed = [line.replace("\tphoto\t", "\tvideo\t" if i % 2 else "\tVIDEO\t", 1) for i, line in enumerate(lines)]
+        overwrite(path, "".join(line + "\n" for line in renamed).encode())
+        assert parse_item_list(path, domain="video") == before
+        assert [i.pid for i in build_eval_dataset(cfg, path, "video").items] == [i.pid for i in before]
+    report = validate(paths.root, max_items=3)
+    assert report.ok, report.format()
