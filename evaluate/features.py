@@ -2,8 +2,11 @@
 
 Binary (ours): `<name>.npy` holds an [N, D] float16 or float32 matrix and a text file holds
 the N item ids, one per line, in the same order. Text (the authors' format): one item per
-line, `pid \\t f1,f2,...,fD`. Writes go through a temporary file and `os.replace`, so an
-interrupted run never leaves a half-written file behind for a resume to trust.
+line, `pid \\t f1,f2,...,fD`. The authors write one such file per rank and concatenate them;
+their DistributedSampler pads the ranks with repeats of the first items, so an item may appear
+twice: a repeat with the same values is dropped (the first line kept, the drops counted), one
+with other values is an error naming both lines. Writes go through a temporary file and
+`os.replace`, so an interrupted run never leaves a half-written file behind for a resume to trust.
 """
 import os
 
@@ -12,6 +15,10 @@ import numpy as np
 from datasets.annotations import AnnotationError, iter_lines, parse_pid
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
+NPY_MAGIC = b"\x93NUMPY"
+# a padded repeat is encoded again in another batch, whose kernels may round its unit-length feature
+# differently; two distinct items differ far more than this in some value
+REPEAT_ATOL = 1e-3
 
 
 class NonFiniteFeatures(ValueError):
@@ -62,7 +69,8 @@ def save_features(feats_path, ids_path, feats, ids, dtype="float32"):
 
 
 def write_text_features(path, feats, ids):
-    """The authors' format, `pid \\t f1,f2,...` per line (kept for exchange with their tools)."""
+    """The authors' format, `pid \\t f1,f2,...` per line, each value the shortest text that reads back as
+    the same float32 (as their evaluation writes it)."""
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             for pid, row in zip(ids, np.asarray(feats, dtype=np.float32).tolist()):
@@ -71,14 +79,17 @@ def write_text_features(path, feats, ids):
 
 
 def read_text_features(path):
-    """Parse the authors' `pid \\t f1,f2,...` lines -> (float32 [N, D], ids)."""
-    ids, rows, dim = [], [], None
+    """Parse the authors' `pid \\t f1,f2,...` lines -> (float32 [N, D], ids, number of repeated lines dropped).
+
+    An id on a second line with values within REPEAT_ATOL of its first line's is a padding repeat and is
+    dropped; with other values it is an error naming both lines."""
+    ids, rows, dim, first_line, repeats = [], [], None, {}, 0
     for lineno, line in iter_lines(path):
         fields = line.split("\t")
         if len(fields) != 2:
             raise AnnotationError(path, lineno, f"expected 2 tab-separated fields (pid, comma-separated floats), "
                                                 f"got {len(fields)}")
-        ids.append(parse_pid(fields[0], path, lineno, "item id"))
+        pid = parse_pid(fields[0], path, lineno, "item id")
         try:
             row = np.array(fields[1].split(","), dtype=np.float32)
         except ValueError:
@@ -87,10 +98,29 @@ def read_text_features(path):
             dim = row.size
         elif row.size != dim:
             raise AnnotationError(path, lineno, f"expected {dim} values like the first line, got {row.size}")
+        if not np.isfinite(row).all():
+            raise AnnotationError(path, lineno, "expected finite values in field 2, got NaN or inf")
+        if pid in first_line:
+            earlier, index = first_line[pid]
+            gap = float(np.abs(row - rows[index]).max())
+            if gap > REPEAT_ATOL:
+                raise AnnotationError(path, lineno, f"item id {pid} is also on line {earlier}, with values that "
+                                                    f"differ by up to {gap:.3g}; expected a repeated id to repeat "
+                                                    f"its values (within {REPEAT_ATOL:g})")
+            repeats += 1
+            continue
+        first_line[pid] = (lineno, len(rows))
+        ids.append(pid)
         rows.append(row)
     if not rows:
         raise AnnotationError(path, None, "expected at least one feature line")
-    return np.stack(rows), ids
+    return np.stack(rows), ids, repeats
+
+
+def is_npy(path):
+    """Whether `path` starts with NumPy's .npy header (else it is read as the authors' text format)."""
+    with open(path, "rb") as f:
+        return f.read(len(NPY_MAGIC)) == NPY_MAGIC
 
 
 def _first_non_finite(feats, block_rows=1_000_000):
@@ -105,9 +135,10 @@ def _first_non_finite(feats, block_rows=1_000_000):
 
 
 def load_features(feats_path, ids_path=None, mmap=False):
-    """(float32 [N, D], ids) from a .npy + ids file, or from the authors' text format (ids inline);
-    mmap=True leaves a .npy memory-mapped in its stored dtype (a gallery larger than memory)."""
-    if feats_path.endswith(".npy"):
+    """(float32 [N, D], ids) from a .npy + ids file, or from the authors' text format (ids inline, told apart
+    by the .npy header; its repeated lines dropped and their count printed); mmap=True leaves a .npy
+    memory-mapped in its stored dtype (a gallery larger than memory)."""
+    if is_npy(feats_path):
         if ids_path is None:
             raise ValueError(f"{feats_path}: a .npy feature file needs its ids file (one id per line)")
         feats = np.load(feats_path, mmap_mode="r") if mmap else np.load(feats_path).astype(np.float32, copy=False)
@@ -116,7 +147,10 @@ def load_features(feats_path, ids_path=None, mmap=False):
             raise ValueError(f"{feats_path}: expected an [N, D] matrix with one row per id of {ids_path} "
                              f"({len(ids)} ids), got shape {feats.shape}")
     else:
-        feats, ids = read_text_features(feats_path)
+        feats, ids, repeats = read_text_features(feats_path)
+        if repeats:
+            print(f"{feats_path}: dropped {repeats} repeated lines (an item id again with the same values, as padded "
+                  f"shards write them; the first line of each kept), {len(ids)} items remain", flush=True)
         if ids_path is not None and read_ids(ids_path) != ids:
             raise ValueError(f"{ids_path}: ids differ from the ids inside {feats_path}")
     first, count = _first_non_finite(feats)
