@@ -35,6 +35,16 @@ def segment_indices(num_available, num_frames, rng=None):
             for i in range(num_frames)]
 
 
+def authors_centre_indices(num_available, num_frames):
+    """The authors' test-time frame choice: int((2i+1) * L / 2) with L = num_available / num_frames in
+    floating point, for every clip length; a clip shorter than num_frames gets its frames spread over
+    the slots (2 frames into 5: 0, 0, 1, 1, 1) rather than its last frame repeated."""
+    if num_available < 1:
+        raise ValueError("a clip needs at least one frame")
+    segment = num_available / num_frames
+    return [int((2 * i + 1) * segment / 2) for i in range(num_frames)]
+
+
 def load_image(path):
     """An RGB image file -> uint8 tensor [3, H, W]; UnreadableImage if missing or corrupt."""
     try:

@@ -4,8 +4,14 @@
 visual tokens, self-attention and FFN copied from the last `num_layers` layers of the text
 tower, cross-attention new. The self-attention is bidirectional (cn_clip's own attention
 block with a padding mask only), unlike transformers' BertLayer, which turns causal once it
-has cross-attention. As in ALBEF, the fusion layers continue from the text state that enters
-the copied layers, so at the start of training they see the inputs those weights were trained on.
+has cross-attention. With model.fusion.text_input=layer6 (as in ALBEF) the fusion layers continue
+from the text state that enters the copied layers, so at the start of training they see the
+inputs those weights were trained on; `final` feeds them the text tower's last states instead,
+as the authors' BertXFusionModel does.
+
+`attention`: the authors' DocAttentionFusionModel (what their training script trains): a
+softmax over two weights from the concatenated normalised text and visual features, and the
+weighted sum of the two.
 """
 import copy
 
@@ -72,6 +78,8 @@ class FusionEncoder(nn.Module):
         if not 1 <= n <= len(text_layers):
             raise ValueError(f"model.fusion.num_layers={n}: the text tower has {len(text_layers)} layers to copy from")
         self.start_layer = len(text_layers) - n
+        # the text tower's layer whose input the fusion reads; None: its final states
+        self.text_layer = self.start_layer if cfg["model"]["fusion"]["text_input"] == "layer6" else None
         bert_config = backbone.clip.bert_config
         self.layers = nn.ModuleList(FusionLayer(layer, bert_config) for layer in text_layers[self.start_layer:])
         self.layers.requires_grad_(True)  # trained even when the text tower it was copied from is frozen
@@ -79,9 +87,11 @@ class FusionEncoder(nn.Module):
         self.visual_norm = nn.LayerNorm(width)
         self.visual_proj = nn.Linear(width, hidden) if width != hidden else nn.Identity()
         # u_cls starts as the text tower's projection of the first token.
-        self.proj = nn.Linear(hidden, cfg["model"]["embed_dim"], bias=False)
+        self.proj = nn.Linear(hidden, cfg["model"]["embed_dim"], bias=cfg["model"]["fusion"]["proj_bias"])
         with torch.no_grad():
             self.proj.weight.copy_(backbone.clip.text_projection.t())
+            if self.proj.bias is not None:
+                self.proj.bias.zero_()
         self.grad_checkpointing = bool(cfg["model"]["backbone"]["grad_checkpointing"])
 
     def encode_tokens(self, text_states, text_mask, visual_tokens):
@@ -101,6 +111,20 @@ class FusionEncoder(nn.Module):
     def forward(self, v_cls, t_cls, text_states, text_mask, visual_tokens):
         """-> u_cls [B, embed_dim], the projected first fused token."""
         return self.proj(self.encode_tokens(text_states, text_mask, visual_tokens)[:, 0])
+
+
+class AttentionFusion(nn.Module):
+    """'attention': softmax(W [t; v] + b) weighs the normalised text and visual features."""
+    uses_tokens = False
+
+    def __init__(self, dim):
+        super().__init__()
+        self.projection = nn.Linear(2 * dim, 2)
+
+    def forward(self, v_cls, t_cls, text_states=None, text_mask=None, visual_tokens=None):
+        features = torch.stack([F.normalize(t_cls, dim=-1), F.normalize(v_cls, dim=-1)], dim=1)
+        weights = self.projection(features.flatten(1)).softmax(dim=-1)
+        return (features * weights.unsqueeze(-1)).sum(dim=1)
 
 
 class AddFusion(nn.Module):
@@ -139,4 +163,6 @@ def build_fusion(cfg, backbone):
         return AddFusion()
     if kind == "combiner":
         return Combiner(cfg["model"]["embed_dim"])
-    raise ValueError(f"model.fusion.type: unknown value '{kind}'; expected add, combiner or fusion")
+    if kind == "attention":
+        return AttentionFusion(cfg["model"]["embed_dim"])
+    raise ValueError(f"model.fusion.type: unknown value '{kind}'; expected add, attention, combiner or fusion")

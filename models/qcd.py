@@ -1,6 +1,7 @@
 """The query-driven cross-domain model, Ours-Q (paper §4.3, Fig. 4), on the towers of any backbone family
 (models.families); with train.mode=ft the same item encoder trains as the Siamese goods-video baseline of
 Table 2 ("-ft")."""
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -24,6 +25,7 @@ class QCDModel(nn.Module):
         self.backbone = build_backbone(cfg)
         self.video_pooling = build_video_pooling(cfg)
         self.fusion = build_fusion(cfg, self.backbone)
+        self.text_attention_mask = bool(cfg["model"]["backbone"]["text_attention_mask"])
         self.contrastive = QueryContrastiveLoss(lcfg["temperature"], lcfg["learn_temperature"], lcfg["max_logit_scale"],
                                                 lcfg["negatives"], lcfg["symmetric"])
         self.weights = dict(lcfg["weights"])
@@ -32,9 +34,19 @@ class QCDModel(nn.Module):
             self.text_recon = TextReconstructor(cfg, self.backbone.vocab_size)
             self.vision_recon = VisionReconstructor(cfg, self.backbone.vision_width, self.backbone.num_patches)
 
+    def _text(self, input_ids, attention_mask):
+        """The text inputs the towers see. Without model.backbone.text_attention_mask the ids are cut to
+        the batch's longest text and every position is attended, padding included: the authors' TextCLIP
+        calls the BERT without a mask on batches padded to their longest text."""
+        if self.text_attention_mask:
+            return input_ids, attention_mask
+        longest = int(attention_mask.sum(dim=1).max())
+        input_ids = input_ids[:, :longest]
+        return input_ids, torch.ones_like(input_ids)
+
     def encode_query(self, input_ids, attention_mask):
         """-> L2-normalised q_cls [B, embed_dim]."""
-        return F.normalize(self.backbone.encode_text(input_ids, attention_mask)[0], dim=-1)
+        return F.normalize(self.backbone.encode_text(*self._text(input_ids, attention_mask))[0], dim=-1)
 
     def _item_features(self, frames, input_ids, attention_mask):
         if frames.dim() != 5:
@@ -43,8 +55,11 @@ class QCDModel(nn.Module):
         h, tokens = self.backbone.encode_frames(frames.flatten(0, 1))
         h, tokens = h.view(b, t, -1), tokens.view(b, t, *tokens.shape[1:])
         v_cls = self.video_pooling(h)
-        keep = self.fusion.start_layer if self.fusion.uses_tokens else None
-        t_cls, _, text_states = self.backbone.encode_text(input_ids, attention_mask, keep_layer=keep)
+        input_ids, attention_mask = self._text(input_ids, attention_mask)
+        keep = self.fusion.text_layer if self.fusion.uses_tokens else None
+        t_cls, final_states, text_states = self.backbone.encode_text(input_ids, attention_mask, keep_layer=keep)
+        if keep is None:
+            text_states = final_states
         u_cls = self.fusion(v_cls, t_cls, text_states, attention_mask, tokens)
         return u_cls, v_cls, t_cls, tokens
 
@@ -61,7 +76,7 @@ class QCDModel(nn.Module):
             raise KeyError(f"model batch (train.mode={self.mode}) lacks {missing}; expected keys {list(keys)}")
         if self.mode == "ft":
             return self._forward_pairs(batch)
-        q_cls = self.backbone.encode_text(batch["query_ids"], batch["query_mask"])[0]
+        q_cls = self.backbone.encode_text(*self._text(batch["query_ids"], batch["query_mask"]))[0]
         u_cls, v_cls, t_cls, tokens = self._item_features(batch["frames"], batch["text_ids"], batch["text_mask"])
         out = {"loss_qu": self.contrastive(q_cls, u_cls),
                "loss_qv": self.contrastive(q_cls, v_cls),

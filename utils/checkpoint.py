@@ -236,24 +236,54 @@ def _match(model, state):
     }
 
 
+# key of a converted checkpoint (scripts/convert_authors_checkpoint.py): {model key: why the source has no
+# counterpart}; exactly those tensors may be missing when the checkpoint is evaluated
+NO_COUNTERPART = "no_counterpart"
+
+
 def load_model_weights(model, path, strict=True, state=None, setting="checkpoint"):
     """Load the model weights of a checkpoint (ours, or any file with a `state_dict`) into `model`;
     `state`: that file's model state dict when it is already in memory; `setting` names the path in errors.
 
     strict=True: every parameter must be present with the same shape, else a WeightsMismatch that
-    counts and names the first differences. strict=False: load what matches and return a report
-    {"loaded", "missing", "unexpected", "mismatched"} of the rest.
+    counts and names the first differences; only the tensors the file declares under NO_COUNTERPART
+    may be absent (they keep the model's initialisation). strict=False: load what matches. Returns a
+    report {"loaded", "missing", "unexpected", "mismatched", "declared_missing" ({key: reason})}.
     """
     model = unwrap(model)
-    matching, report = _match(model, _read_state(path, setting) if state is None else _model_state(state, path))
-    if strict and (report["missing"] or report["unexpected"] or report["mismatched"]):
+    declared = {}
+    if state is None:
+        obj = read_torch_file(path, "a file written by torch.save holding a 'model' or 'state_dict' mapping of "
+                                    "tensors", setting)
+        if isinstance(obj, dict) and isinstance(obj.get(NO_COUNTERPART), dict):
+            declared = obj[NO_COUNTERPART]
+        state = _model_state(obj, path)
+    else:
+        state = _model_state(state, path)
+    matching, report = _match(model, state)
+    report["declared_missing"] = {k: declared[k] for k in report["missing"] if k in declared and k not in state}
+    if strict and (len(report["missing"]) > len(report["declared_missing"]) or report["unexpected"]
+                   or report["mismatched"]):
         wrong_shape = {m.split(":")[0] for m in report["mismatched"]}
-        found = {"missing": [k for k in report["missing"] if k not in wrong_shape],
+        found = {"missing": [k for k in report["missing"] if k not in wrong_shape and k not in report["declared_missing"]],
                  "unexpected": report["unexpected"], "mismatched": report["mismatched"]}
         parts = [f"{len(keys)} {name} (first: {', '.join(keys[:3])})" for name, keys in found.items() if keys]
         raise WeightsMismatch(f"{path} does not fit the model of this config: {'; '.join(parts)}")
     model.load_state_dict(matching, strict=False)
     return report
+
+
+def declared_missing_lines(report):
+    """One line per reason of report["declared_missing"]: the count, the key groups, the reason."""
+    by_reason = {}
+    for key, reason in report["declared_missing"].items():
+        by_reason.setdefault(reason, []).append(key)
+    lines = []
+    for reason, keys in by_reason.items():
+        groups = sorted({".".join(k.split(".")[:2]) for k in keys})
+        lines.append(f"{len(keys)} tensors without a counterpart, kept at this model's initialisation "
+                     f"({', '.join(groups)}): {reason}")
+    return lines
 
 
 def load_init_weights(model, path, strict=True, show=10):
