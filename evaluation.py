@@ -6,10 +6,13 @@
                                 --gt GT.txt --out results.json [--topk 100] [--direction D] [--feature F] [--checkpoint C]
     python evaluation.py table V2G.json G2V.json [--name ROW] [--out-dir DIR]
     python evaluation.py page --config CFG [key=value ...] [--out page.html]
+    python evaluation.py export --format authors --config CFG [key=value ...] [--out-dir DIR]
 
 Feature files: `.npy` + ids file (one id per line), or the authors' text format
-`pid \\t f1,f2,...` (give it as --query-feats/--gallery-feats without ids). `eval.feature=all`
-extracts the fused, visual and text features in one pass and scores each.
+`pid \\t f1,f2,...` (give it as --query-feats/--gallery-feats without ids; the per-rank files of
+their evaluation concatenated, padding repeats dropped). `export --format authors` writes a run's
+features and ground truth for the authors' index scripts. `eval.feature=all` extracts the fused,
+visual and text features in one pass and scores each.
 """
 import argparse
 import hashlib
@@ -20,9 +23,9 @@ import sys
 import numpy as np
 
 from evaluate.extract import FEATURES, extract_features, merged_paths
-from evaluate.features import NonFiniteFeatures, load_features
+from evaluate.features import REPEAT_ATOL, NonFiniteFeatures, load_features, write_text, write_text_features
 from evaluate.metrics import recall_at_k
-from evaluate.search import search_gallery
+from evaluate.search import normalize, search_gallery
 from evaluate.table import checkpoint_of, load_results, print_paper, print_rows, table_row, write_row
 
 SIDES = ("query", "gallery")
@@ -73,7 +76,8 @@ def model_made_by(cfg):
     """What every feature of a config depends on but the item list: checkpoint contents, model, data settings."""
     checkpoint = cfg["eval"]["checkpoint"]
     data = {k: cfg["data"][k] for k in ("dataset", "image_size", "num_frames", "text_max_len", "frame_source",
-                                        "skip_unreadable_eval", "translations")}
+                                        "skip_unreadable_eval", "translations", "test_frames", "test_text",
+                                        "english_suffix", "english_rule", "preprocess", "roots")}
     data["root"] = os.path.abspath(cfg["data"]["root"])
     data["translations_sha256"] = file_digest(data["translations"]) if data["translations"] else None
     pretrained = cfg["model"]["backbone"]["pretrained"]
@@ -95,7 +99,7 @@ def extract(cfg):
     """Write query and gallery features of eval.direction (every feature of eval.feature); returns the rank."""
     from datasets import build_eval_dataset, collate_eval
     from models import build_model
-    from utils.checkpoint import load_model_weights
+    from utils.checkpoint import declared_missing_lines, load_model_weights
     from utils.distributed import init_distributed
     from utils.seed import seed_model_init
 
@@ -107,7 +111,10 @@ def extract(cfg):
     model = build_model(cfg)
     checkpoint = cfg["eval"]["checkpoint"]
     if checkpoint:
-        load_model_weights(model, checkpoint, setting="eval.checkpoint")
+        report = load_model_weights(model, checkpoint, setting="eval.checkpoint")
+        if rank == 0:
+            for line in declared_missing_lines(report):
+                print(f"eval.checkpoint={checkpoint}: {line}", flush=True)
     model.to(device)
     paths, direction = data_paths(cfg), cfg["eval"]["direction"]
     # the gt file too: a wrong name should stop the run before hours of extraction, not after
@@ -197,6 +204,53 @@ def make_page(cfg, feature=None, out=None):
     return out
 
 
+# what the authors' run.sh passes to their 3-search.py: the top 1000
+AUTHORS_SEARCH_TOPK = 1000
+
+
+def export_authors(cfg, out=None):
+    """Write the features of eval.direction's evaluation run (every feature of eval.feature) as the authors'
+    index scripts read them: `query.feat` and `doc.feat` (`pid \\t f1,...`, the unit-length float32 rows the
+    project's search ranks with) and `gt.txt` (`query pid \\t gallery pid,...`, plain ids, each once).
+    `out`: the folder (default <eval.out_dir>/authors; with several features, <out>/<feature>). Returns the
+    folders written."""
+    from datasets.annotations import parse_gt
+
+    paths, direction = data_paths(cfg), cfg["eval"]["direction"]
+    gt_path = paths.gt_file(direction)
+    paths.require(gt_path)
+    gt = parse_gt(gt_path)
+    folders = []
+    for feature in feature_names(cfg):
+        d = out_dir(cfg, feature)
+        target = os.path.abspath(os.path.join(d, "authors") if out is None else (
+            os.path.join(out, feature) if len(feature_names(cfg)) > 1 else out))  # their scripts run elsewhere
+        os.makedirs(target, exist_ok=True)
+        files = {name: os.path.join(target, name) for name in ("query.feat", "doc.feat", "gt.txt")}
+        sources = [merged_paths(os.path.join(d, side)) for side in SIDES]
+        for path in (p for pair in sources for p in pair):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path}: no features of this run; run `evaluation.py extract` (or `run`) "
+                                        "with the same config first")
+        (q, qids), (g, gids) = (load_features(*pair) for pair in sources)
+        write_text_features(files["query.feat"], normalize(q), qids)
+        write_text_features(files["doc.feat"], normalize(g), gids)
+        write_text(files["gt.txt"], "".join(f"{query}\t{','.join(map(str, items))}\n" for query, items in gt.items()))
+        res = os.path.join(target, "index")
+        print(f"{direction} {feature}: {len(qids)} queries, {len(gids)} gallery items of dimension {g.shape[1]}, "
+              f"ground truth of {len(gt)} queries -> {', '.join(files.values())}\n"
+              f"  their index scripts, run in their benchmark/evaluate/goods2video/index (the same in "
+              f"evaluate/i2i/index):\n"
+              f"    python 1-convert_feat.py {files['query.feat']} {files['doc.feat']} {g.shape[1]} {res}\n"
+              f"    python 2-create_index.py {res}\n"
+              # beyond the gallery's size faiss answers -1, which their 4-analysis.py reads as the last doc
+              f"    python 3-search.py {res} {min(AUTHORS_SEARCH_TOPK, len(gids))}\n"
+              f"    python 4-analysis.py {res} {files['query.feat']} {files['doc.feat']} {files['gt.txt']}",
+              flush=True)
+        folders.append(target)
+    return folders
+
+
 def evaluate_direction(cfg):
     """Extract (on every rank) -> search and score -> page (rank 0). Returns {feature: results} on rank 0, else None."""
     from utils.distributed import cleanup
@@ -235,7 +289,14 @@ def main(argv=None):
         if name == "page":
             p.add_argument("--out", help="HTML file (default <eval.out_dir>/page.html)")
     text = "search and score feature files that are already on disk (ours or the authors' text format)"
-    p = sub.add_parser("search", help=text, description=text)
+    formats = ("Each feature file is told apart by its contents: a NumPy .npy file (ours, with its ids file) or "
+               "else the authors' text format, one item a line, `pid<TAB>f1,f2,...` (their evaluation's per-rank "
+               "files, concatenated with cat as their scripts do). Their ranks are padded with repeats of the "
+               f"first items: a line whose id came before with the same values (within {REPEAT_ATOL:g}) is dropped "
+               "and the drops are counted and printed; an id repeated with other values, a line without exactly 2 "
+               "tab-separated fields, a value that is not a finite float and a row of another length than the "
+               "first are errors naming the file and line.")
+    p = sub.add_parser("search", help=text, description=f"{text}. {formats}")
     p.add_argument("--query-feats", required=True, help="query features: .npy (with --query-ids) or the text format")
     p.add_argument("--query-ids", help="ids of --query-feats (not needed for the text format)")
     p.add_argument("--gallery-feats", required=True, help="gallery features, as --query-feats")
@@ -246,6 +307,19 @@ def main(argv=None):
     p.add_argument("--direction", choices=("video2goods", "goods2video"), help="recorded in results.json")
     p.add_argument("--feature", help="feature name recorded in results.json")
     p.add_argument("--checkpoint", help="checkpoint recorded in results.json")
+    text = "write the features of an evaluation run (eval.direction, eval.feature) for another tool to read"
+    p = sub.add_parser("export", help=text, description=(
+        f"{text}. --format authors: the authors' index scripts (1-convert_feat.py ... 4-analysis.py of their "
+        "benchmark/evaluate/*/index): query.feat and doc.feat hold `pid<TAB>f1,f2,...` lines of the unit-length "
+        "float32 features this project's search ranks with, gt.txt the ground truth as `query pid<TAB>gallery "
+        "pid,...` with plain ids, each once (their analysis compares ids as text). The command prints the "
+        "four script calls; 3-search.py gets a top K of at most the gallery's size, since faiss answers -1 "
+        "beyond it and their analysis reads -1 as the last doc."))
+    p.add_argument("--format", required=True, choices=("authors",), help="the layout written")
+    p.add_argument("--config", required=True, help="YAML config of the evaluation run (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.add_argument("--out-dir", help="folder written (default <eval.out_dir>/authors; with eval.feature=all, "
+                                     "one folder per feature under it)")
     text = "the paper's row (Video2goods, Goods2video, Overall, Mean) from the two directions' results.json"
     p = sub.add_parser("table", help=text, description=text)
     p.add_argument("v2g", help="results.json of video2goods")
@@ -267,6 +341,8 @@ def main(argv=None):
         ks = [k for k in (10, 20, 50, 100) if k < args.topk] + [args.topk]
         print(summary(search_and_score(args.query_feats, args.query_ids, args.gallery_feats, args.gallery_ids,
                                        args.gt, args.out, ks, args.direction, args.feature, args.checkpoint)))
+    elif args.command == "export":
+        export_authors(_config(args), args.out_dir)
     elif args.command == "table":
         v2g, g2v = load_results(args.v2g, "video2goods"), load_results(args.g2v, "goods2video")
         values = table_row(v2g, g2v)

@@ -13,6 +13,7 @@ import os
 import sys
 
 from datasets.annotations import AnnotationError
+from datasets.transforms import PREPROCESS_PROFILES
 from engine import TASKS, TRAIN_MODES, NonFiniteLoss, RunDirError, train
 from models.families import ENGLISH_FAMILIES, FAMILIES, check_weights
 from utils import checkpoint as ckpt
@@ -26,10 +27,15 @@ CHOICES = {
     ("task",): TASKS,
     ("dist_backend",): ("auto", "nccl", "gloo"),
     ("data", "frame_source"): ("images", "raw"),
+    ("data", "preprocess"): PREPROCESS_PROFILES,
+    ("data", "test_frames"): ("centres", "authors"),
+    ("data", "test_text"): ("fields", "authors_lines"),
+    ("data", "english_rule"): ("per_field", "authors"),
     ("model", "family"): FAMILIES,
     ("model", "backbone", "freeze"): ("visual", "text"),
-    ("model", "video", "pooling"): ("add", "mean", "lstm", "ftt"),
-    ("model", "fusion", "type"): ("add", "combiner", "fusion"),
+    ("model", "video", "pooling"): ("add", "mean", "lstm", "ftt", "mit"),
+    ("model", "fusion", "type"): ("add", "attention", "combiner", "fusion"),
+    ("model", "fusion", "text_input"): ("layer6", "final"),
     ("loss", "negatives"): ("local", "global"),
     ("train", "mode"): TRAIN_MODES,
     ("train", "optimizer"): ("adam", "adamw"),
@@ -72,6 +78,9 @@ def validate_config(cfg, evaluate=False):
     for key in ("lr", "lr_visual", "lr_recon"):
         if not t[key] >= 0:
             raise ConfigError(f"train.{key}={t[key]!r}: expected a learning rate >= 0")
+    lr_new = cfg["pretrain"]["lr_new"]
+    if lr_new is not None and not lr_new >= 0:
+        raise ConfigError(f"pretrain.lr_new={lr_new!r}: expected null (train.lr) or a learning rate >= 0")
     if not t["grad_clip"] >= 0:
         raise ConfigError(f"train.grad_clip={t['grad_clip']!r}: expected 0 (off) or a norm > 0")
     if not cfg["output_dir"]:
@@ -87,9 +96,11 @@ def validate_config(cfg, evaluate=False):
         if cfg["model"]["fusion"]["type"] == "fusion":
             raise ConfigError(f"model.fusion.type=fusion copies cn_clip's text layers: with model.family={family} "
                               "use add or combiner")
-    elif cfg["data"]["translations"]:
-        raise ConfigError("data.translations is for the English-text families "
-                          f"({', '.join(ENGLISH_FAMILIES)}); model.family=chinese_clip reads the Chinese texts")
+    else:
+        for key in ("translations", "english_suffix"):
+            if cfg["data"][key]:
+                raise ConfigError(f"data.{key} is for the English-text families "
+                                  f"({', '.join(ENGLISH_FAMILIES)}); model.family=chinese_clip reads the Chinese texts")
     if mode != "query" and cfg["task"] != "retrieval":
         raise ConfigError(f"train.mode={mode} is a retrieval setting; task={cfg['task']} needs train.mode=query")
     if mode == "ft" and cfg["loss"]["recon"]:
@@ -98,6 +109,15 @@ def validate_config(cfg, evaluate=False):
     if mode == "infer" and not evaluate:
         raise ConfigError("train.mode=infer has nothing to train: evaluate the released weights directly, e.g. "
                           "sh video2goods_evaluate.sh null CONFIG")
+    if evaluate and cfg["init_from"] is not None:
+        raise ConfigError(f"init_from={cfg['init_from']} initialises training; the evaluator loads the checkpoint "
+                          "to score from eval.checkpoint (the CKPT argument of video2goods_evaluate.sh)")
+    if not cfg["model"]["backbone"]["text_attention_mask"] and (family != "chinese_clip" or cfg["task"] != "retrieval"):
+        raise ConfigError("model.backbone.text_attention_mask=false (the authors' unmasked text tower) is for "
+                          "task=retrieval with model.family=chinese_clip")
+    if cfg["task"] == "pretrain" and cfg["model"]["fusion"]["text_input"] != "layer6":
+        raise ConfigError("task=pretrain trains the fusion encoder on the states entering the copied layers: "
+                          "model.fusion.text_input must be layer6")
     if cfg["task"] == "pretrain":
         if cfg["model"]["fusion"]["type"] != "fusion":
             raise ConfigError(f"task=pretrain trains the fusion encoder: model.fusion.type="
@@ -134,10 +154,11 @@ def preflight(cfg, evaluate=False):
 def text_warning(cfg):
     """Start-up warning for an English-text family on untranslated (Chinese) text, or None."""
     family = cfg["model"]["family"]
-    if family in ENGLISH_FAMILIES and not cfg["data"]["translations"]:
-        return (f"warning: model.family={family} reads English, and data.translations is not set: the queries "
-                "and item texts go to its tokenizer in Chinese, so its text (and fused) features carry little "
-                "more than noise. Set data.translations (docs/TRANSLATIONS.md) to compare with the paper's rows")
+    if family in ENGLISH_FAMILIES and not cfg["data"]["translations"] and not cfg["data"]["english_suffix"]:
+        return (f"warning: model.family={family} reads English, and data.translations is not set: the item texts, "
+                "and the queries without an English 4th field in the training list, go to its tokenizer in Chinese, "
+                "so its text (and fused) features carry little more than noise. Set data.translations or "
+                "data.english_suffix (docs/TRANSLATIONS.md) to compare with the paper's rows")
     return None
 
 

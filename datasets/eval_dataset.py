@@ -1,7 +1,8 @@
 """The evaluation dataset: every item of a test list (query or gallery), in file order.
 
-Items are never dropped or duplicated. Frames follow the evaluation rule (segment centres),
-texts are used without augmentation. An unreadable image or text is an error naming the file,
+Items are never dropped or duplicated. Frames follow the evaluation rule (data.test_frames:
+segment centres, or the authors' rule), texts are used without augmentation (data.test_text: from
+the parsed fields, or the authors' composition of the raw lines). An unreadable image or text is an error naming the file,
 unless `skip_unreadable` is set: then the unreadable frames are black, a missing text is empty,
 and each case is counted (`stats()`) and logged.
 """
@@ -12,10 +13,10 @@ import torch
 
 from datasets.annotations import AnnotationError, parse_item_list, read_goods_text, read_video_text
 from datasets.counters import SharedCounters
-from datasets.frames import UnreadableImage, decode_video, load_image, segment_indices
-from datasets.text import goods_title, video_text
+from datasets.frames import UnreadableImage, authors_centre_indices, decode_video, load_image, segment_indices
+from datasets.text import VIDEO_BODY_MAX_CHARS, VIDEO_TEXT_MAX_CHARS, goods_title, video_text
 from datasets.tokenizer import Tokenizer
-from datasets.transforms import CLIP_MEAN, CLIP_STD, EvalClipTransform
+from datasets.transforms import EvalClipTransform
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +24,15 @@ logger = logging.getLogger(__name__)
 class EvalDataset:
     def __init__(self, paths, list_path, *, num_frames, image_size, text_max_len,
                  frame_source="images", skip_unreadable=False, domain=None, make_tokenizer=Tokenizer,
-                 image_stats=(CLIP_MEAN, CLIP_STD), translations=None):
+                 image_stats=None, translations=None, test_frames="centres", test_text="fields",
+                 preprocess="cn_clip"):
         if frame_source not in ("images", "raw"):
             raise ValueError(f"data.frame_source must be images or raw, got {frame_source!r}")
+        if test_text == "authors_lines" and translations is not None and translations.translates_items:
+            raise ValueError("data.test_text=authors_lines composes the Chinese lines as read; it cannot be "
+                             "combined with data.translations")
+        self.frame_rule = {"centres": segment_indices, "authors": authors_centre_indices}[test_frames]
+        self.test_text = test_text
         self.paths = paths
         self.list_path = list_path
         self.items = parse_item_list(list_path, domain)
@@ -36,14 +43,15 @@ class EvalDataset:
         self.text_max_len = text_max_len
         self.frame_source = frame_source
         self.skip_unreadable = skip_unreadable
-        self.transform = EvalClipTransform(image_size, mean=image_stats[0], std=image_stats[1])
+        # data.preprocess; image_stats (mean, std), None: the profile's
+        self.transform = EvalClipTransform(image_size, preprocess, *(image_stats or (None, None)))
         self.counts = SharedCounters("black_frames", "empty_texts")
 
     def __len__(self):
         return len(self.items)
 
     def stats(self):
-        translated = self.translations.counts.as_dict() if self.translations else {}
+        translated = self.translations.as_dict() if self.translations else {}
         return {**self.counts.as_dict(), "truncation_rate": self.tokenizer.truncation_rate, **translated}
 
     def __getitem__(self, index):
@@ -71,7 +79,7 @@ class EvalDataset:
                 self._unreadable(item, e, "black frames")
                 self.counts.add("black_frames", self.num_frames)
                 return torch.stack([self._black()] * self.num_frames)
-        indices = segment_indices(len(item.frames), self.num_frames if item.domain == "video" else 1)
+        indices = self.frame_rule(len(item.frames), self.num_frames if item.domain == "video" else 1)
         loaded = {}
         for i in dict.fromkeys(indices):  # a repeated (padding) frame is read once
             try:
@@ -86,7 +94,14 @@ class EvalDataset:
         """The item's text; an empty one (unreadable with skip on, or a file with the wrong number
         of lines) is counted."""
         path = os.path.join(self.paths.text_dir(item.domain), item.text_path)
+        if self.translations:
+            path = self.translations.text_path(path)
         try:
+            if item.domain == "video" and self.test_text == "authors_lines":
+                text = authors_video_text(read_raw_lines(path))
+                if not text:
+                    self.counts.add("empty_texts")
+                return text
             fields = read_goods_text(path) if item.domain == "goods" else read_video_text(path)
         except (OSError, AnnotationError) as e:
             if not self.skip_unreadable:
@@ -100,4 +115,27 @@ class EvalDataset:
         text = goods_title(fields) if item.domain == "goods" else video_text(fields)
         if not text:
             self.counts.add("empty_texts")
-        return text
+        return self.translations.item_text(text) if self.translations else text
+
+
+def read_raw_lines(path):
+    """The lines of a text file as Python's readlines gives them: each with its newline, but the last
+    when the file does not end with one."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return f.readlines()
+    except UnicodeDecodeError as e:
+        raise AnnotationError(path, None, f"expected UTF-8 text ({e})") from None
+
+
+def authors_video_text(lines):
+    """The authors' test-time video text from raw lines (caption, title, text): title, text[:40] unless it
+    equals the title, caption, each unless it is exactly `null`, joined by '|' and cut to 80 characters.
+    A line still carries its newline, so only a last line without one can equal `null` or the title."""
+    caption, title, body = (lines + [None] * 3)[:3]
+    if body is not None and body != title:
+        body = body[:VIDEO_BODY_MAX_CHARS]
+    else:
+        body = None
+    parts = [p for p in (title, body, caption) if p is not None and p != "null"]
+    return "|".join(parts)[:VIDEO_TEXT_MAX_CHARS]

@@ -13,7 +13,7 @@ from datasets.eval_dataset import EvalDataset
 from datasets.sampler import DomainBatchSampler, ItemBatchSampler, PairBatchSampler
 from datasets.train_dataset import TrainDataset
 from datasets.train_index import load_train_index
-from datasets.translations import Translations
+from datasets.translations import Translations, english_queries_file
 from utils.distributed import barrier
 
 logger = logging.getLogger(__name__)
@@ -46,13 +46,14 @@ def collate_pairs(samples):
 
 
 def preprocessing(cfg):
-    """The dataset arguments that follow the backbone family: its tokenizer, pixel statistics and, for an
-    English-text family, the data.translations table."""
+    """The dataset arguments that follow the backbone family and data.preprocess: its tokenizer, the pixel
+    profile with its statistics and, for an English-text family, its English texts (datasets.translations)."""
     from models.families import build_tokenizer, image_stats
 
-    path = cfg["data"]["translations"]
-    return {"make_tokenizer": functools.partial(build_tokenizer, cfg["model"]), "image_stats": image_stats(cfg["model"]),
-            "translations": Translations(path) if path else None}
+    preprocess = cfg["data"]["preprocess"]
+    return {"make_tokenizer": functools.partial(build_tokenizer, cfg["model"]), "preprocess": preprocess,
+            "image_stats": image_stats(cfg["model"], preprocess),
+            "translations": Translations.for_family(cfg["model"]["family"], cfg["data"])}
 
 
 def collate_eval(items):
@@ -94,12 +95,16 @@ def build_train_loader(cfg, rank, world_size, sampler_class=None):
     # the cache sits beside the training file (shared by later runs) unless that folder is read-only
     writable = os.access(os.path.dirname(os.path.abspath(paths.train_file)), os.W_OK)
     cache_dir = None if writable else os.path.join(cfg["output_dir"], "train_index")
+    english = english_queries_file(data)
     if rank == 0:
-        entries = load_train_index(paths.train_file, cache_dir)
+        entries = load_train_index(paths.train_file, cache_dir, english)
     barrier()
     if rank != 0:
-        entries = load_train_index(paths.train_file, cache_dir)
+        entries = load_train_index(paths.train_file, cache_dir, english)
     sampler = sampler_class(entries, cfg["train"]["batch_size"], rank, world_size, seed=cfg["seed"])
+    if data["preprocess"] == "authors" and rank == 0:
+        logger.info("data.preprocess=authors: training frames are squashed whole to %d px (PIL nearest) and flipped, "
+                    "as the authors' loader computes them; data.crop_scale is not used", data["image_size"])
     if pairs and rank == 0:
         logger.info("train.mode=ft: %d of %d queries have goods and micro-videos, one pair each per epoch; "
                     "%d with one domain only are skipped", len(entries) - sampler.skipped_queries, len(entries),
@@ -131,4 +136,5 @@ def build_eval_dataset(cfg, list_path, domain=None):
     return EvalDataset(
         DatasetPaths.from_config(data), list_path, num_frames=data["num_frames"],
         image_size=data["image_size"], text_max_len=data["text_max_len"], frame_source=data["frame_source"],
-        skip_unreadable=data["skip_unreadable_eval"], domain=domain, **preprocessing(cfg))
+        skip_unreadable=data["skip_unreadable_eval"], domain=domain, test_frames=data["test_frames"],
+        test_text=data["test_text"], **preprocessing(cfg))

@@ -22,7 +22,7 @@ from datasets.frames import UnreadableImage, decode_video, load_image, segment_i
 from datasets.text import augment_title, goods_title, video_text
 from datasets.sampler import item_lists
 from datasets.tokenizer import Tokenizer
-from datasets.transforms import CLIP_MEAN, CLIP_STD, TrainClipTransform
+from datasets.transforms import train_clip_transform
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +33,11 @@ SCRAMBLE = 2_147_483_647  # a prime: coprime with any pool size below it
 class TrainDataset:
     def __init__(self, paths, entries, *, num_frames, image_size, query_max_len, text_max_len,
                  crop_scale=(0.64, 1.0), frame_source="images", seed=0, title_aug_prob=0.6,
-                 video_text_keep_prob=0.8, make_tokenizer=Tokenizer, image_stats=(CLIP_MEAN, CLIP_STD),
-                 translations=None):
-        """`make_tokenizer()` gives the backbone family's tokenizer, `image_stats` its (mean, std) and
-        `translations` (datasets.translations.Translations) its English texts."""
+                 video_text_keep_prob=0.8, make_tokenizer=Tokenizer, image_stats=None,
+                 translations=None, preprocess="cn_clip"):
+        """`make_tokenizer()` gives the backbone family's tokenizer, `image_stats` its (mean, std) (None: those
+        of the `preprocess` profile, data.preprocess) and `translations` (datasets.translations.Translations)
+        its English texts."""
         if frame_source not in ("images", "raw"):
             raise ValueError(f"data.frame_source must be images or raw, got {frame_source!r}")
         self.paths = paths
@@ -52,7 +53,7 @@ class TrainDataset:
         self.seed = seed
         self.title_aug_prob = title_aug_prob
         self.video_text_keep_prob = video_text_keep_prob
-        self.transform = TrainClipTransform(image_size, crop_scale, mean=image_stats[0], std=image_stats[1])
+        self.transform = train_clip_transform(image_size, crop_scale, preprocess, *(image_stats or (None, None)))
         # queries that can stand in for an unreadable item, per domain
         self._queries_with = {"goods": [], "video": []}
         for i, (goods, videos) in enumerate(item_lists(entries)):
@@ -66,7 +67,7 @@ class TrainDataset:
         """Event counts so far over all workers, as integers that add up across ranks: the per-epoch data
         report of the training log (engine.trainer) takes differences of them."""
         q, t = self.query_tokenizer.counts, self.text_tokenizer.counts
-        translated = self.translations.counts.as_dict() if self.translations else {}
+        translated = self.translations.as_dict() if self.translations else {}
         return {**self.counts.as_dict(), "queries": q["texts"], "queries_truncated": q["truncated"],
                 "texts": t["texts"], "texts_truncated": t["truncated"], **translated}
 
@@ -95,11 +96,11 @@ class TrainDataset:
                 query_index, pid = self._replacement(sample, query_index, tried, rng)
         else:
             raise RuntimeError(f"{MAX_REPLACEMENTS} {sample.domain} items in a row were unreadable, starting with "
-                               f"pid {sample.pid}: check {self.paths.data_dir}")
+                               f"pid {sample.pid}: check {self.paths.images_dir(sample.domain)}")
         text = self._text(sample.domain, pid, rng)
-        query = self.entries[query_index].query
-        if self.translations:
-            query = self.translations.query(query)
+        entry = self.entries[query_index]
+        # an English-text family reads the list's English query where it has one; chinese_clip has no translations
+        query = self.translations.query(entry.query, entry.english) if self.translations else entry.query
         query_ids, query_mask = self.query_tokenizer([query], self.query_max_len)
         text_ids, text_mask = self.text_tokenizer([text], self.text_max_len)
         return {
@@ -168,6 +169,8 @@ class TrainDataset:
         """The item's text with its training-time augmentation; a file with no usable text
         (missing, or with the wrong number of lines) gives '' and is counted."""
         path = self.paths.text_path(domain, pid)
+        if self.translations:
+            path = self.translations.text_path(path)
         try:
             fields = read_goods_text(path) if domain == "goods" else read_video_text(path)
         except (OSError, AnnotationError) as e:
@@ -177,10 +180,12 @@ class TrainDataset:
         if self.translations:
             fields = self.translations.item_fields(domain, fields)
         if domain == "goods":
-            text = goods_title(fields)
-            if not text:
+            title = goods_title(fields)
+            if not title:
                 self.counts.add("empty_texts")
-            return augment_title(text, rng, self.title_aug_prob)
-        if not video_text(fields):
-            self.counts.add("empty_texts")
-        return video_text(fields, rng, self.video_text_keep_prob)
+            text = augment_title(title, rng, self.title_aug_prob)
+        else:
+            if not video_text(fields):
+                self.counts.add("empty_texts")
+            text = video_text(fields, rng, self.video_text_keep_prob)
+        return self.translations.item_text(text) if self.translations else text

@@ -363,11 +363,13 @@ class Trainer:
                  d["unreadable_images"], d["replaced_samples"], d["unreadable_texts"], d["empty_texts"],
                  100 * scalars["data/query_truncation_rate"], d["queries"], 100 * scalars["data/text_truncation_rate"],
                  d["texts"])
-        if "untranslated_queries" in d:  # data.translations is set
-            scalars.update({f"data/{k}": d[k] for k in ("untranslated_queries", "untranslated_texts")})
-            log.info("epoch %d translations (all ranks): %d queries kept in Chinese, %d item texts left out "
-                     "(data.translations has no entry for them)", self.epoch + 1, d["untranslated_queries"],
-                     d["untranslated_texts"])
+        if "untranslated_queries" in d:  # an English-text family (datasets.translations)
+            scalars.update({f"data/{k}": d[k] for k in ("untranslated_queries", "untranslated_texts",
+                                                         "unescaped_queries", "unescaped_texts")})
+            log.info("epoch %d English texts (all ranks): %d queries kept in Chinese, %d item texts left out "
+                     "(no English for them, data.english_rule); HTML entities unescaped in %d queries and %d item "
+                     "texts", self.epoch + 1, d["untranslated_queries"], d["untranslated_texts"],
+                     d["unescaped_queries"], d["unescaped_texts"])
         return scalars
 
 def step_line(step, max_steps, scalars, eta_s):
