@@ -12,6 +12,7 @@ Reading conventions shared by all files: UTF-8 (a leading BOM is ignored), `\\n`
 whitespace of each field is ignored. Line numbers are 1-based and count blank lines.
 """
 import functools
+import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -168,6 +169,12 @@ def _read_text(path):
             return f.read()
     except UnicodeDecodeError as e:
         raise AnnotationError(path, None, f"expected UTF-8 text ({e})") from None
+
+
+def read_raw_lines(path):
+    """The lines of a text file as Python's readlines gives them: each with its newline, but the last
+    when the file does not end with one."""
+    return io.StringIO(_read_text(path)).readlines()
 
 
 def read_file_lines(path):

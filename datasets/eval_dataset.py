@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from datasets.annotations import AnnotationError, parse_item_list, read_goods_text, read_video_text
+from datasets.annotations import AnnotationError, parse_item_list, read_goods_text, read_raw_lines, read_video_text
 from datasets.counters import SharedCounters
 from datasets.frames import UnreadableImage, authors_centre_indices, decode_video, load_image, segment_indices
 from datasets.text import VIDEO_BODY_MAX_CHARS, VIDEO_TEXT_MAX_CHARS, goods_title, video_text
@@ -116,16 +116,6 @@ class EvalDataset:
         if not text:
             self.counts.add("empty_texts")
         return self.translations.item_text(text) if self.translations else text
-
-
-def read_raw_lines(path):
-    """The lines of a text file as Python's readlines gives them: each with its newline, but the last
-    when the file does not end with one."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            return f.readlines()
-    except UnicodeDecodeError as e:
-        raise AnnotationError(path, None, f"expected UTF-8 text ({e})") from None
 
 
 def authors_video_text(lines):

@@ -52,6 +52,10 @@ class CrossAttention(nn.Module):
         return self.LayerNorm(self.dropout(self.dense(out)) + x)
 
 
+# the blocks of a text-tower layer that FusionLayer copies (its cross-attention is new)
+COPIED_LAYER_PARTS = ("attention", "intermediate", "output")
+
+
 class FusionLayer(nn.Module):
     def __init__(self, text_layer, bert_config):
         super().__init__()

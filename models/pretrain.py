@@ -26,12 +26,10 @@ from losses import (EntityClassifier, TiedMLMHead, VTCLoss, epl_loss, mask_token
 from losses.epl import NUM_LEVELS
 from losses.mlm import IGNORE_INDEX
 from models.backbone import CNClipBackbone
-from models.fusion import FusionEncoder
+from models.fusion import COPIED_LAYER_PARTS, FusionEncoder
 
 STAGE_TERMS = {"1": ("vtc", "otm", "mlm"), "2": ("epl",), "joint": ("vtc", "otm", "mlm", "epl")}
 BATCH_KEYS = ("frames", "text_ids", "text_mask", "epoch")
-# the blocks of a text-tower layer that models.fusion.FusionLayer copies (its cross-attention is new)
-COPIED_LAYER_PARTS = ("attention", "intermediate", "output")
 
 
 class PretrainModel(nn.Module):

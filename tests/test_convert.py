@@ -13,7 +13,8 @@ from cn_clip.clip.model import CLIP
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from datasets.eval_dataset import authors_video_text, read_raw_lines
+from datasets.annotations import read_raw_lines
+from datasets.eval_dataset import authors_video_text
 from datasets.frames import authors_centre_indices, segment_indices
 from main_cross_domain_emb import validate_config
 from models import build_model
