@@ -4,7 +4,8 @@
 (90 tokens) and 2 queries (20 tokens), every loss term on. --task pretrain1 / pretrain2: the
 pre-training model's stage 1 (VTC + VTM + MLM) and stage 2 (EPL, towers frozen) on the same
 videos and texts, with --entities prompts per level (the entity embeddings of stage 2 are
-computed once, in a warm-up step before the measured ones). Reports the wall time, the FLOPs counted by
+computed once, in a warm-up step before the measured ones; the entity lists are written to a temporary
+data.root for the model builder). Reports the wall time, the FLOPs counted by
 torch.utils.flop_counter.FlopCounterMode, the achieved FLOP/s as a fraction of this machine's
 float32 matmul FLOP/s (measured in the same run), and the peak resident memory of a fresh
 process running the step with and without gradient checkpointing.
@@ -17,6 +18,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -25,8 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from datasets.tokenizer import Tokenizer  # noqa: E402
-from models import PretrainModel, build_model  # noqa: E402
+from datasets.annotations import DatasetPaths  # noqa: E402
+from models import build_model, build_pretrain_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 BATCH, FRAMES = 2, 5
@@ -35,16 +37,20 @@ STAGES = {"pretrain1": "1", "pretrain2": "2"}
 
 def make_model_and_batch(grad_checkpointing, task="retrieval", entities=(30, 300, 3000)):
     extra = ["task=pretrain", f"pretrain.stage={STAGES[task]}"] if task in STAGES else []
-    cfg = load_config(os.path.join(REPO, "configs", "base.yaml"),
-                      [f"model.backbone.grad_checkpointing={str(grad_checkpointing).lower()}", *extra])
-    torch.manual_seed(0)
-    if task in STAGES:
-        tok = Tokenizer()
-        length = cfg["pretrain"]["prompt_max_len"]
-        prompts = [(torch.randint(672, 8000, (m, length)), torch.ones(m, length, dtype=torch.long)) for m in entities]
-        model = PretrainModel(cfg, prompts, tok.special_ids, tok.mask_id).train()
-    else:
-        model = build_model(cfg).train()
+    with tempfile.TemporaryDirectory() as root:
+        cfg = load_config(os.path.join(REPO, "configs", "base.yaml"),
+                          [f"model.backbone.grad_checkpointing={str(grad_checkpointing).lower()}", f"data.root={root}",
+                           *extra])
+        torch.manual_seed(0)
+        if task in STAGES:
+            paths = DatasetPaths.from_config(cfg["data"])
+            os.makedirs(paths.entities_dir)
+            for level, m in enumerate(entities, start=1):
+                with open(paths.entities_file(level), "w", encoding="utf-8") as f:
+                    f.writelines(f"实体{i}\n" for i in range(m))
+            model = build_pretrain_model(cfg).train()
+        else:
+            model = build_model(cfg).train()
     d = cfg["data"]
     lq, lt, size = d["query_max_len"], d["text_max_len"], d["image_size"]
     batch = {"query_ids": torch.randint(672, 8000, (BATCH, lq)), "query_mask": torch.ones(BATCH, lq, dtype=torch.long),

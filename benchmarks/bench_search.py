@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
-from evaluate.features import load_features, read_text_features, save_features, write_text_features
+from evaluate.features import DTYPES, load_features, read_text_features, save_features, write_text_features
 from evaluate.search import search
 
 
@@ -157,7 +157,7 @@ def main():
     ids = list(range(10_000_000, 10_000_000 + args.gallery))
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         rows = []
-        for dtype in ("float16", "float32"):
+        for dtype in DTYPES:
             npy, txt = os.path.join(d, f"{dtype}.npy"), os.path.join(d, f"{dtype}_ids.txt")
             _, t_write = timed(save_features, npy, txt, gallery, ids, dtype)
             _, t_read = timed(load_features, npy, txt)

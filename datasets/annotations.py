@@ -109,11 +109,6 @@ class DatasetPaths:
         """The paths of a config's `data` section."""
         return cls(data["root"], data["dataset"], data["train_file"], data["test_files"], data["roots"])
 
-    @property
-    def test_dir(self):
-        """The folder holding all test lists (test_file/ in the default layout)."""
-        return os.path.commonpath([os.path.dirname(p) for p in self._test_files.values()])
-
     def config_keys(self, path):
         """The config keys that name the list file `path` ('data.train_file', 'data.test_files.<d>.<kind>')."""
         return " and ".join(self._keys.get(path, ["no config key"]))
@@ -250,18 +245,9 @@ def read_frame_ids(path):
     return _split_frames(line, path, lineno)
 
 
-def _read_nonblank(path):
-    return [line.strip() for _, line in iter_lines(path)]
-
-
-def read_queries(path):
-    """query/queries.txt: one query per non-blank line."""
-    return _read_nonblank(path)
-
-
 def read_entities(path):
     """entities/level<k>.txt: one entity per non-blank line."""
-    return _read_nonblank(path)
+    return [line.strip() for _, line in iter_lines(path)]
 
 
 @dataclass

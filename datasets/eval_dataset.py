@@ -11,14 +11,20 @@ import os
 
 import torch
 
-from datasets.annotations import AnnotationError, parse_item_list, read_goods_text, read_raw_lines, read_video_text
+from datasets.annotations import AnnotationError, parse_item_list, read_raw_lines
 from datasets.counters import SharedCounters
 from datasets.frames import UnreadableImage, authors_centre_indices, decode_video, load_image, segment_indices
 from datasets.text import VIDEO_BODY_MAX_CHARS, VIDEO_TEXT_MAX_CHARS, goods_title, video_text
 from datasets.tokenizer import Tokenizer
 from datasets.transforms import EvalClipTransform
+from datasets.translations import read_item_fields
 
 logger = logging.getLogger(__name__)
+# data.test_frames -> the frames of a clip taken at test time
+FRAME_RULES = {"centres": segment_indices, "authors": authors_centre_indices}
+TEST_FRAMES = tuple(FRAME_RULES)
+# data.test_text: the text composed from the parsed fields, or the authors' composition of the raw lines
+TEST_TEXTS = ("fields", "authors_lines")
 
 
 class EvalDataset:
@@ -26,12 +32,10 @@ class EvalDataset:
                  frame_source="images", skip_unreadable=False, domain=None, make_tokenizer=Tokenizer,
                  image_stats=None, translations=None, test_frames="centres", test_text="fields",
                  preprocess="cn_clip"):
-        if frame_source not in ("images", "raw"):
-            raise ValueError(f"data.frame_source must be images or raw, got {frame_source!r}")
         if test_text == "authors_lines" and translations is not None and translations.translates_items:
             raise ValueError("data.test_text=authors_lines composes the Chinese lines as read; it cannot be "
                              "combined with data.translations")
-        self.frame_rule = {"centres": segment_indices, "authors": authors_centre_indices}[test_frames]
+        self.frame_rule = FRAME_RULES[test_frames]
         self.test_text = test_text
         self.paths = paths
         self.list_path = list_path
@@ -94,28 +98,32 @@ class EvalDataset:
         """The item's text; an empty one (unreadable with skip on, or a file with the wrong number
         of lines) is counted."""
         path = os.path.join(self.paths.text_dir(item.domain), item.text_path)
-        if self.translations:
-            path = self.translations.text_path(path)
         try:
-            if item.domain == "video" and self.test_text == "authors_lines":
-                text = authors_video_text(read_raw_lines(path))
-                if not text:
-                    self.counts.add("empty_texts")
-                return text
-            fields = read_goods_text(path) if item.domain == "goods" else read_video_text(path)
+            text = composed_text(path, item.domain, self.test_text, self.translations)
         except (OSError, AnnotationError) as e:
             if not self.skip_unreadable:
                 raise
             logger.warning("%s: unreadable text (%s); item %s of %s gets an empty text", path, e, item.pid,
                            self.list_path)
-            self.counts.add("empty_texts")
-            return ""
-        if self.translations:
-            fields = self.translations.item_fields(item.domain, fields)
-        text = goods_title(fields) if item.domain == "goods" else video_text(fields)
+            text = ""
         if not text:
             self.counts.add("empty_texts")
         return self.translations.item_text(text) if self.translations else text
+
+
+def item_text(path, domain, test_text="fields", translations=None):
+    """The text the model reads for the item whose text file is `path` (its Chinese one: with
+    `translations`, the English file beside it or the table's fields), by the rule of data.test_text."""
+    text = composed_text(path, domain, test_text, translations)
+    return translations.item_text(text) if translations else text
+
+
+def composed_text(path, domain, test_text, translations):
+    """item_text before the authors' English rule cuts it (the text an empty count is taken on)."""
+    if domain == "video" and test_text == "authors_lines":  # never with item translations (EvalDataset)
+        return authors_video_text(read_raw_lines(path))
+    fields = read_item_fields(path, domain, translations)
+    return goods_title(fields) if domain == "goods" else video_text(fields)
 
 
 def authors_video_text(lines):

@@ -11,6 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+# data.frame_source: the extracted frame images of every item, or the raw .mp4 of each micro-video
+FRAME_SOURCES = ("images", "raw")
+
 
 class UnreadableImage(OSError):
     """A frame, image or video that is missing or cannot be decoded; `path` names the file."""

@@ -2,19 +2,19 @@
 import functools
 import logging
 import os
-import random
 
-import numpy as np
 import torch
 
 from datasets.annotations import DatasetPaths
 from datasets.batch import ITEM_KEYS, PAIR_VIDEO_KEYS, TRAIN_KEYS
 from datasets.eval_dataset import EvalDataset
+from datasets.families import build_tokenizer, image_stats
 from datasets.sampler import DomainBatchSampler, ItemBatchSampler, PairBatchSampler
 from datasets.train_dataset import TrainDataset
 from datasets.train_index import load_train_index
 from datasets.translations import Translations, english_queries_file
 from utils.distributed import barrier
+from utils.seed import seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +48,11 @@ def collate_pairs(samples):
 def preprocessing(cfg):
     """The dataset arguments that follow the backbone family and data.preprocess: its tokenizer, the pixel
     profile with its statistics and, for an English-text family, its English texts (datasets.translations)."""
-    from models.families import build_tokenizer, image_stats
-
+    family, pretrained = cfg["model"]["family"], cfg["model"]["backbone"]["pretrained"]
     preprocess = cfg["data"]["preprocess"]
-    return {"make_tokenizer": functools.partial(build_tokenizer, cfg["model"]), "preprocess": preprocess,
-            "image_stats": image_stats(cfg["model"], preprocess),
-            "translations": Translations.for_family(cfg["model"]["family"], cfg["data"])}
+    return {"make_tokenizer": functools.partial(build_tokenizer, family, pretrained), "preprocess": preprocess,
+            "image_stats": image_stats(family, pretrained, preprocess),
+            "translations": Translations.for_family(family, cfg["data"])}
 
 
 def collate_eval(items):
@@ -74,10 +73,7 @@ class _SeedWorker:
         self.seed = seed
 
     def __call__(self, worker_id):
-        seed = self.seed + worker_id
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        seed_everything(self.seed + worker_id)
         torch.set_num_threads(1)  # the workers already share the cores between them
 
 

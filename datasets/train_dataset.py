@@ -16,13 +16,14 @@ import logging
 import os
 import random
 
-from datasets.annotations import AnnotationError, read_frame_ids, read_goods_text, read_video_text
+from datasets.annotations import AnnotationError, read_frame_ids
 from datasets.counters import SharedCounters
 from datasets.frames import UnreadableImage, decode_video, load_image, segment_indices, stack_frames
 from datasets.text import augment_title, goods_title, video_text
 from datasets.sampler import item_lists
 from datasets.tokenizer import Tokenizer
 from datasets.transforms import train_clip_transform
+from datasets.translations import read_item_fields
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,6 @@ class TrainDataset:
         """`make_tokenizer()` gives the backbone family's tokenizer, `image_stats` its (mean, std) (None: those
         of the `preprocess` profile, data.preprocess) and `translations` (datasets.translations.Translations)
         its English texts."""
-        if frame_source not in ("images", "raw"):
-            raise ValueError(f"data.frame_source must be images or raw, got {frame_source!r}")
         self.paths = paths
         self.entries = entries
         # one tokenizer each, so that the truncation rates of queries and texts are told apart
@@ -64,17 +63,34 @@ class TrainDataset:
         self._logged = set()  # per process: files already reported
 
     def raw_counts(self):
-        """Event counts so far over all workers, as integers that add up across ranks: the per-epoch data
-        report of the training log (engine.trainer) takes differences of them."""
+        """Event counts so far over all workers, as integers that add up across ranks: the engine sums their
+        differences over an epoch across ranks and hands them to `epoch_report`."""
         q, t = self.query_tokenizer.counts, self.text_tokenizer.counts
         translated = self.translations.as_dict() if self.translations else {}
         return {**self.counts.as_dict(), "queries": q["texts"], "queries_truncated": q["truncated"],
                 "texts": t["texts"], "texts_truncated": t["truncated"], **translated}
 
-    def stats(self):
-        """Counts over all workers so far, and the share of queries and of texts cut to their max length."""
-        return {**self.counts.as_dict(), "query_truncation_rate": self.query_tokenizer.truncation_rate,
-                "text_truncation_rate": self.text_tokenizer.truncation_rate}
+    @staticmethod
+    def epoch_report(counts):
+        """`counts`: differences of raw_counts() over an epoch, summed over ranks -> (the data/* scalars of the
+        training log, its lines); the English-text counts only when the dataset has translations."""
+        scalars = {f"data/{k}": counts[k] for k in ("unreadable_images", "replaced_samples", "unreadable_texts",
+                                                      "empty_texts")}
+        scalars["data/query_truncation_rate"] = counts["queries_truncated"] / max(counts["queries"], 1)
+        scalars["data/text_truncation_rate"] = counts["texts_truncated"] / max(counts["texts"], 1)
+        lines = [f"data (all ranks): {counts['unreadable_images']} unreadable images, {counts['replaced_samples']} "
+                 f"samples replaced, {counts['unreadable_texts']} unreadable and {counts['empty_texts']} empty texts; "
+                 f"{100 * scalars['data/query_truncation_rate']:.1f} % of {counts['queries']} queries and "
+                 f"{100 * scalars['data/text_truncation_rate']:.1f} % of {counts['texts']} texts cut to their max "
+                 "length"]
+        if "untranslated_queries" in counts:
+            scalars.update({f"data/{k}": counts[k] for k in ("untranslated_queries", "untranslated_texts",
+                                                             "unescaped_queries", "unescaped_texts")})
+            lines.append(f"English texts (all ranks): {counts['untranslated_queries']} queries kept in Chinese, "
+                         f"{counts['untranslated_texts']} item texts left out (no English for them, "
+                         f"data.english_rule); HTML entities unescaped in {counts['unescaped_queries']} queries and "
+                         f"{counts['unescaped_texts']} item texts")
+        return scalars, lines
 
     def _items(self, query_index, domain):
         entry = self.entries[query_index]
@@ -169,16 +185,13 @@ class TrainDataset:
         """The item's text with its training-time augmentation; a file with no usable text
         (missing, or with the wrong number of lines) gives '' and is counted."""
         path = self.paths.text_path(domain, pid)
-        if self.translations:
-            path = self.translations.text_path(path)
         try:
-            fields = read_goods_text(path) if domain == "goods" else read_video_text(path)
+            fields = read_item_fields(path, domain, self.translations)
         except (OSError, AnnotationError) as e:
             self.counts.add("unreadable_texts")
-            self._log_once(path, f"unreadable text ({e}); using an empty text")
+            self._log_once(self.translations.text_path(path) if self.translations else path,
+                           f"unreadable text ({e}); using an empty text")
             return ""
-        if self.translations:
-            fields = self.translations.item_fields(domain, fields)
         if domain == "goods":
             title = goods_title(fields)
             if not title:

@@ -37,11 +37,13 @@ def _file_key(path):
     return {"path": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _key(path, english_file=None):
+def index_key(path, english_file=None):
+    """What the index of the training file `path` is made from: the files' sizes and times, the format."""
     return {**_file_key(path), "english": _file_key(english_file) if english_file else None, "format": FORMAT}
 
 
-def _folder(path, cache_dir, key):
+def index_folder(path, cache_dir, key):
+    """The cache folder of the index with `key` (index_key) of `path`, under `cache_dir`."""
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return os.path.join(cache_dir, f"{os.path.basename(path)}.{digest}")
 
@@ -179,9 +181,9 @@ def load_train_index(path, cache_dir=None, english_file=None):
     CACHE_DIR_NAME folder beside the file) or built there first; `english_file`: a line-aligned file
     of English queries (docs/TRANSLATIONS.md) for the lines of `path`. Safe to call from several
     processes at once: each builds under its own temporary name and the first rename wins."""
-    key = _key(path, english_file)
+    key = index_key(path, english_file)
     cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(path)), CACHE_DIR_NAME)
-    folder = _folder(path, cache_dir, key)
+    folder = index_folder(path, cache_dir, key)
     meta = os.path.join(folder, "meta.json")
     if not os.path.exists(meta):
         os.makedirs(cache_dir, exist_ok=True)

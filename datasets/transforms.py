@@ -32,21 +32,15 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # the authors' loader normalises with ImageNet's
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# data.preprocess -> the (mean, std) the profile imposes; None: the backbone family's (models.families.image_stats)
+# data.preprocess -> the (mean, std) the profile imposes; None: the backbone family's (datasets.families.image_stats)
 PROFILE_STATS = {"cn_clip": None, "authors": (IMAGENET_MEAN, IMAGENET_STD)}
 PREPROCESS_PROFILES = tuple(PROFILE_STATS)
 INTERPOLATION = v2.InterpolationMode.BILINEAR  # cn_clip training; bilinear keeps the crop cheaper than the JPEG decode
 CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect-ratio range
 
 
-def check_preprocess(preprocess):
-    if preprocess not in PROFILE_STATS:
-        raise ValueError(f"data.preprocess={preprocess!r}: expected one of {', '.join(PREPROCESS_PROFILES)}")
-
-
 def _profile(preprocess, mean, std):
     """-> (mean, std): the arguments, else the profile's own statistics, else CLIP's."""
-    check_preprocess(preprocess)
     default = PROFILE_STATS[preprocess] or (CLIP_MEAN, CLIP_STD)
     return default[0] if mean is None else mean, default[1] if std is None else std
 

@@ -12,11 +12,14 @@ import html
 import os
 import re
 
-from datasets.annotations import AnnotationError, read_file_lines
+from datasets.annotations import AnnotationError, read_file_lines, read_goods_text, read_video_text
 from datasets.counters import SharedCounters
+from datasets.families import ENGLISH_FAMILIES
 from datasets.text import ITEM_TEXT_FIELDS
 
 CHINESE = re.compile(r"[\u4e00-\u9fff]")
+# data.english_rule: per_field drops each field still holding Chinese, authors cuts then blanks the whole text
+ENGLISH_RULES = ("per_field", "authors")
 AUTHORS_MAX_CHARS = 70  # the authors' English rule cuts an item text here, then blanks it if Chinese remains
 
 
@@ -82,8 +85,6 @@ class Translations:
     @classmethod
     def for_family(cls, family, data):
         """The English texts of an English-text family from a config's data section; None for chinese_clip."""
-        from models.families import ENGLISH_FAMILIES
-
         if family not in ENGLISH_FAMILIES:
             return None
         return cls(data["translations"], data["english_suffix"], data["english_rule"])
@@ -151,3 +152,12 @@ class Translations:
             self.counts.add("untranslated_texts")
             return ""
         return text
+
+
+def read_item_fields(path, domain, translations=None):
+    """The parsed text file of an item (`path`: its Chinese one) as the model reads it: with `translations`,
+    the English file beside it or the table's fields. OSError or AnnotationError when it cannot be read."""
+    if translations:
+        path = translations.text_path(path)
+    fields = read_goods_text(path) if domain == "goods" else read_video_text(path)
+    return translations.item_fields(domain, fields) if translations else fields

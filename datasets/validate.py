@@ -69,9 +69,6 @@ class Report:
     def ok(self):
         return self.num_errors == 0
 
-    def kinds(self, severity="error"):
-        return set(self.totals[severity])
-
     def format(self):
         out = ["counts:"] + [f"  {name}: {value}" for name, value in self.counts.items()]
         for severity in ("error", "warning"):

@@ -4,7 +4,7 @@ import logging
 import torch
 
 from engine.run_dir import RunDirError, check_continuation, finished, lock_run_dir
-from engine.tasks import TASKS, TRAIN_MODES, get_task
+from engine.tasks import get_task
 from engine.trainer import NonFiniteLoss, Trainer, resolve_resume
 from utils.checkpoint import TrainingCheckpoint
 from utils.config import ConfigError
@@ -14,20 +14,17 @@ from utils.logging import LOGGER_NAME, setup_logger
 log = logging.getLogger(LOGGER_NAME)
 
 
-def train(cfg, build_model=None):
+def train(cfg):
     """Run (or continue) training as configured. Returns {"global_step", "checkpoint"}.
 
     Nothing is written to output_dir before this run holds its lock and any checkpoint it would
-    continue from is known to belong to it (engine.run_dir). `build_model(cfg)` replaces the
-    task's model builder (tests wrap it to inject faults).
+    continue from is known to belong to it (engine.run_dir).
     """
     task = get_task(cfg["task"])
-    if build_model is not None:
-        task = task._replace(build_model=build_model)
     t = cfg["train"]
     if t["threads"]:
         torch.set_num_threads(t["threads"])
-    rank, _, world_size, device = init_distributed(cfg)
+    rank, _, world_size, device = init_distributed(cfg["dist_backend"])
     lock = None
     try:
         if device.type == "cuda":
@@ -53,4 +50,4 @@ def train(cfg, build_model=None):
         cleanup()
 
 
-__all__ = ["NonFiniteLoss", "RunDirError", "TASKS", "TRAIN_MODES", "Trainer", "train"]
+__all__ = ["NonFiniteLoss", "RunDirError", "Trainer", "train"]

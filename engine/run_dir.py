@@ -12,6 +12,7 @@ import os
 import socket
 import time
 
+from utils.config import flatten
 from utils.distributed import from_rank0
 from utils.logging import LOGGER_NAME
 
@@ -33,27 +34,19 @@ class RunDirError(RuntimeError):
     """output_dir is in use, or holds a run this one cannot continue."""
 
 
-def _flatten(cfg, prefix=""):
-    for k, v in cfg.items():
-        if isinstance(v, dict) and v:
-            yield from _flatten(v, prefix + k + ".")
-        else:
-            yield prefix + k, v
-
-
 def _free(key):
     return key in RESUME_FREE_KEYS or key.startswith(RESUME_FREE_PREFIXES)
 
 
 def config_changes(old, new):
     """'key: old -> new' for each setting outside RESUME_FREE_KEYS that both configs have and that differs."""
-    a, b = dict(_flatten(old)), dict(_flatten(new))
+    a, b = dict(flatten(old)), dict(flatten(new))
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys()) if a[k] != b[k] and not _free(k)]
 
 
 def version_changes(old, new):
     """Settings in only one of two configs: the checkpoint was written by another version of the code."""
-    a, b = dict(_flatten(old)), dict(_flatten(new))
+    a, b = dict(flatten(old)), dict(flatten(new))
     return sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
 
 

@@ -36,15 +36,24 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+# autocast dtype of train.amp on a GPU (a CPU run has none)
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+
+
+def group_rates(cfg):
+    """The base lr of each parameter group a model names (its `param_groups()`)."""
+    t, lr_new = cfg["train"], cfg["pretrain"]["lr_new"]
+    return {"visual": t["lr_visual"], "text": t["lr"], "recon": t["lr_recon"],
+            "new": t["lr"] if lr_new is None else lr_new, "other": t["lr"]}
+
+
 def build_optimizer(cfg, model):
-    """Adam/AdamW over the model's named parameter groups, each with its own lr."""
+    """train.optimizer over the model's named parameter groups, each with its own lr (group_rates)."""
     t = cfg["train"]
-    cls = torch.optim.AdamW if t["optimizer"] == "adamw" else torch.optim.Adam
-    return cls(model.param_groups(cfg), lr=t["lr"], weight_decay=t["weight_decay"])
-
-
-def _group_name(group, i):
-    return group.get("name", f"group{i}")
+    rates = group_rates(cfg)
+    groups = [dict(g, lr=rates[g["name"]], weight_decay=t["weight_decay"]) for g in model.param_groups()]
+    return OPTIMIZERS[t["optimizer"]](groups, lr=t["lr"], weight_decay=t["weight_decay"])
 
 
 def to_device(batch, device):
@@ -112,9 +121,9 @@ def startup_report(cfg, world_size, epoch_lengths, scheduler, optimizer, device)
     if warmup > WARMUP_WARN_SHARE * total:
         log.warning("warm-up covers %d of the run's %d steps (more than a third): the lr decays over only %d steps",
                     warmup, total, total - warmup)
-    for i, (g, base) in enumerate(zip(optimizer.param_groups, scheduler.base_lrs)):
+    for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
         n = sum(p.numel() for p in g["params"])
-        log.info("param group %-6s base lr %.3g, %d tensors, %.2fM parameters", _group_name(g, i), base,
+        log.info("param group %-6s base lr %.3g, %d tensors, %.2fM parameters", g["name"], base,
                  len(g["params"]), n / 1e6)
 
 
@@ -153,7 +162,7 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = LinearWarmupDecay.for_optimizer(self.optimizer, self.t["warmup_ratio"], sum(self.epoch_lengths))
         cuda = device.type == "cuda"
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.t["amp"]) if cuda else None
+        self.amp_dtype = AMP_DTYPES[self.t["amp"]] if cuda else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
 
         self.epoch, self.step_in_epoch, self.global_step, self.rng_states = 0, 0, 0, None
@@ -262,7 +271,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t["grad_clip"]).item()
         step_lrs = self.scheduler.apply(self.optimizer, self.global_step)
-        lrs = {f"lr/{_group_name(g, i)}": lr for i, (g, lr) in enumerate(zip(self.optimizer.param_groups, step_lrs))}
+        lrs = {f"lr/{g['name']}": lr for g, lr in zip(self.optimizer.param_groups, step_lrs)}
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.global_step += 1
@@ -346,31 +355,19 @@ class Trainer:
         return scalars
 
     def _epoch_data(self, counts_at_start):
-        """The data events of the epoch (since this run started in it), summed over ranks, as data/* scalars;
-        also logged as one line."""
-        now = self.loader.dataset.raw_counts()
+        """The dataset's report of the epoch's data events (since this run started in it), summed over ranks:
+        its data/* scalars, and its lines logged."""
+        dataset = self.loader.dataset
+        now = dataset.raw_counts()
         names = sorted(now)
         delta = torch.tensor([now[k] - counts_at_start[k] for k in names], dtype=torch.float64)
         if self.world_size > 1:
             dist.all_reduce(delta)
-        d = dict(zip(names, delta.long().tolist()))
-        scalars = {f"data/{k}": d[k] for k in ("unreadable_images", "replaced_samples", "unreadable_texts",
-                                                 "empty_texts")}
-        scalars["data/query_truncation_rate"] = d["queries_truncated"] / max(d["queries"], 1)
-        scalars["data/text_truncation_rate"] = d["texts_truncated"] / max(d["texts"], 1)
-        log.info("epoch %d data (all ranks): %d unreadable images, %d samples replaced, %d unreadable and %d empty "
-                 "texts; %.1f %% of %d queries and %.1f %% of %d texts cut to their max length", self.epoch + 1,
-                 d["unreadable_images"], d["replaced_samples"], d["unreadable_texts"], d["empty_texts"],
-                 100 * scalars["data/query_truncation_rate"], d["queries"], 100 * scalars["data/text_truncation_rate"],
-                 d["texts"])
-        if "untranslated_queries" in d:  # an English-text family (datasets.translations)
-            scalars.update({f"data/{k}": d[k] for k in ("untranslated_queries", "untranslated_texts",
-                                                         "unescaped_queries", "unescaped_texts")})
-            log.info("epoch %d English texts (all ranks): %d queries kept in Chinese, %d item texts left out "
-                     "(no English for them, data.english_rule); HTML entities unescaped in %d queries and %d item "
-                     "texts", self.epoch + 1, d["untranslated_queries"], d["untranslated_texts"],
-                     d["unescaped_queries"], d["unescaped_texts"])
+        scalars, lines = dataset.epoch_report(dict(zip(names, delta.long().tolist())))
+        for line in lines:
+            log.info("epoch %d %s", self.epoch + 1, line)
         return scalars
+
 
 def step_line(step, max_steps, scalars, eta_s):
     """The train.log line of a log step: step, epoch, loss terms, lr per group, tau, throughput, ETA."""

@@ -5,7 +5,7 @@ the list is padded by repeating its first items so every rank gets the same numb
 writes `<dir>/shard_<rank>_of_<world>.npy` with `shard_<rank>_of_<world>_ids.txt` (list index
 and pid per row). Rank 0 then keeps each list index once, in list order, and writes
 `<dir>/feats.npy` + `<dir>/ids.txt`. A `meta.json` records everything the features were made
-from (evaluation.features_made_by); a rerun with the same record skips what is on disk, any
+from (evaluate.pipeline.features_made_by); a rerun with the same record skips what is on disk, any
 other record clears the folder and computes again, so stale features are never reused. A
 non-finite feature stops extraction naming the list line of its item.
 """
@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from evaluate.features import NonFiniteFeatures, merge_shards, read_shard, save_features, write_shard, write_text
+from utils.distributed import barrier
 
 FEATURES = ("fused", "visual", "text")
 
@@ -31,11 +32,6 @@ def shard_paths(out_dir, rank, world_size):
 
 def merged_paths(out_dir):
     return os.path.join(out_dir, "feats.npy"), os.path.join(out_dir, "ids.txt")
-
-
-def _barrier():
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def _stale_keys(out_dir, meta):
@@ -105,14 +101,11 @@ def extract_features(model, dataset, out_dirs, rank=0, world_size=1, device="cpu
     out_dirs: {feature name ("fused"|"visual"|"text"): folder}; all features come from one forward
     pass. Call on every rank (a process group must exist when world_size > 1). Returns
     {feature: (feats.npy, ids.txt)}; the files are complete on return on rank 0 only."""
-    unknown = set(out_dirs) - set(FEATURES)
-    if unknown:
-        raise ValueError(f"unknown feature types {sorted(unknown)}: expected some of {', '.join(FEATURES)}")
     meta = dict(meta or {}, num_items=len(dataset), dtype=dtype)
     for d in out_dirs.values():
         os.makedirs(d, exist_ok=True)
     stale = {f: _stale_keys(d, meta) for f, d in out_dirs.items()}
-    _barrier()  # every rank has read meta.json before rank 0 rewrites it
+    barrier()  # every rank has read meta.json before rank 0 rewrites it
     if rank == 0:
         for f, keys in stale.items():
             if keys:
@@ -121,7 +114,7 @@ def extract_features(model, dataset, out_dirs, rank=0, world_size=1, device="cpu
                           "differ): computing them again", flush=True)
                 _clear(out_dirs[f])
                 _write_meta(out_dirs[f], meta)
-    _barrier()
+    barrier()
     done = {f for f, d in out_dirs.items() if all(map(os.path.exists, merged_paths(d)))}
     todo = [f for f in out_dirs if f not in done
             and not all(map(os.path.exists, shard_paths(out_dirs[f], rank, world_size)))]
@@ -132,7 +125,9 @@ def extract_features(model, dataset, out_dirs, rank=0, world_size=1, device="cpu
                                                  num_workers, collate_fn, desc)
         except NonFiniteFeatures as e:
             error = str(e)
-    if world_size > 1:  # a rank that stopped tells the others, which would otherwise wait for it
+    # a rank that stopped tells the others, which would otherwise wait for it; any rank may be the one, so
+    # this gathers from all (utils.distributed.from_rank0 shares rank 0's value only)
+    if world_size > 1:
         errors = [None] * world_size
         dist.all_gather_object(errors, error)
         error = next((e for e in errors if e), None)
@@ -143,7 +138,7 @@ def extract_features(model, dataset, out_dirs, rank=0, world_size=1, device="cpu
             write_shard(*shard_paths(out_dirs[f], rank, world_size), feats[f], indices, pids, dtype)
     elif rank == 0:
         print(f"{desc}: features already on disk in {', '.join(out_dirs[f] for f in out_dirs)}", flush=True)
-    _barrier()
+    barrier()
     if rank == 0:
         for f in out_dirs:
             if f in done:

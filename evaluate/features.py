@@ -59,8 +59,6 @@ def read_ids(path):
 
 def save_features(feats_path, ids_path, feats, ids, dtype="float32"):
     """Write an [N, D] matrix as .npy in `dtype` and its N ids, one per line."""
-    if dtype not in DTYPES:
-        raise ValueError(f"feature dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     feats = np.asarray(feats)
     if feats.ndim != 2 or feats.shape[0] != len(ids):
         raise ValueError(f"{feats_path}: expected an [N, D] matrix for {len(ids)} ids, got shape {feats.shape}")
@@ -168,8 +166,6 @@ def load_features(feats_path, ids_path=None, mmap=False):
 
 def write_shard(feats_path, ids_path, feats, indices, pids, dtype="float32"):
     """One rank's features; its ids file holds `list index \\t pid` lines so the merge can trim padding."""
-    if dtype not in DTYPES:
-        raise ValueError(f"feature dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     save_npy(feats_path, np.asarray(feats).astype(DTYPES[dtype], copy=False))
     write_ids(ids_path, [f"{i}\t{p}" for i, p in zip(indices, pids)])
 

@@ -9,6 +9,9 @@ K (what several codebases call "recall"), is reported beside it.
 """
 import numpy as np
 
+# the K of R@K the paper reports (its Table 2 columns)
+RECALL_KS = (10, 20, 50, 100)
+
 
 def recall_at_k(query_ids, ranked_rows, gallery_ids, gt, ks, gt_source="the ground truth"):
     """query_ids [Nq]; ranked_rows [Nq, k] gallery rows best first; gallery_ids [Ng]; gt {query id: [gallery ids]}.

@@ -109,10 +109,18 @@ def search_ivfpq(query, gallery, k, nlist, m, nprobe, train_rows, block_rows=1_0
     return search_index(build_ivfpq(gallery, nlist, m, train_rows, block_rows, seed), query, k, nprobe)
 
 
+def _flat(query, gallery, k, block_rows, ivf_pq, use_gpu):
+    return search_blocks(query, gallery, k, block_rows, use_gpu)
+
+
+def _ivf_pq(query, gallery, k, block_rows, ivf_pq, use_gpu):
+    return search_ivfpq(query, gallery, k, block_rows=block_rows, **ivf_pq)
+
+
+# eval.index: flat (exact, block by block) or ivf_pq (approximate, with the eval.ivf_pq settings)
+INDEXES = {"flat": _flat, "ivf_pq": _ivf_pq}
+
+
 def search_gallery(query, gallery, k, index="flat", block_rows=1_000_000, ivf_pq=None, use_gpu=None):
-    """Top-k by the method of eval.index: "flat" (exact, block by block) or "ivf_pq" (eval.ivf_pq settings)."""
-    if index == "flat":
-        return search_blocks(query, gallery, k, block_rows, use_gpu)
-    if index == "ivf_pq":
-        return search_ivfpq(query, gallery, k, block_rows=block_rows, **ivf_pq)
-    raise ValueError(f"eval.index={index!r}: expected flat or ivf_pq")
+    """Top-k by the method of eval.index (a name of INDEXES)."""
+    return INDEXES[index](query, gallery, k, block_rows, ivf_pq, use_gpu)

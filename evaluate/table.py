@@ -12,8 +12,9 @@ import os
 from decimal import ROUND_HALF_UP, Decimal
 
 from evaluate.features import write_text
+from evaluate.metrics import RECALL_KS
 
-KS = ("10", "20", "50", "100")
+KS = tuple(map(str, RECALL_KS))  # as results.json keys them
 COLUMNS = ([f"V2G R@{k}" for k in KS] + [f"G2V R@{k}" for k in KS] + [f"Overall R@{k}" for k in KS] + ["Mean"])
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from cn_clip.clip.configuration_bert import BertConfig
 from cn_clip.clip.modeling_bert import BertLMPredictionHead
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # F.cross_entropy's ignore_index: labels of positions that predict nothing
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the chosen tokens; the rest are kept as they are
 
 
@@ -21,7 +21,7 @@ def mask_tokens(input_ids, attention_mask, mask_id, vocab_size, special_ids, pro
 
     Each real token (attention_mask 1, id not in special_ids) is chosen with probability `prob`;
     a chosen token becomes mask_id (80%), a random non-special id below vocab_size (10%) or stays
-    (10%). labels hold the original id at chosen positions and -100 elsewhere. input_ids is not
+    (10%). labels hold the original id at chosen positions and IGNORE_INDEX elsewhere. input_ids is not
     modified; `generator` (on input_ids' device) makes the draw reproducible."""
     if input_ids.shape != attention_mask.shape:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} differ")
@@ -45,7 +45,7 @@ def mask_tokens(input_ids, attention_mask, mask_id, vocab_size, special_ids, pro
 
 
 def mlm_loss(logits, labels):
-    """logits [..., V], labels [...] with -100 where nothing is predicted -> mean cross-entropy over
+    """logits [..., V], labels [...] with IGNORE_INDEX where nothing is predicted -> mean cross-entropy over
     the chosen tokens; 0 (still attached to the graph) when a batch happens to have none."""
     logits, labels = logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1)
     total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")

@@ -5,11 +5,17 @@ learnable. Negatives are the other items of the local batch (the paper's N = bat
 with `loss.negatives: global`, of the batches of all ranks, gathered with gradient.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from losses.mlm import IGNORE_INDEX
+
+# loss.negatives: the other items of this rank's batch, or of the batches of all ranks
+NEGATIVES = ("local", "global")
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -41,13 +47,10 @@ def gather_features(x):
     return _GatherWithGrad.apply(x)
 
 
-IGNORE = -100  # F.cross_entropy's ignore_index
-
-
 def _cross_entropy(logits, labels):
-    if (labels == IGNORE).all():  # no anchor left: zero, with every parameter still in the graph (DDP)
+    if (labels == IGNORE_INDEX).all():  # no anchor left: zero, with every parameter still in the graph (DDP)
         return 0.0 * logits.sum()
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE)
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
 
 
 def _rank_offset(batch):
@@ -56,12 +59,21 @@ def _rank_offset(batch):
     return 0
 
 
+@dataclass(frozen=True)
+class ContrastiveSpec:
+    """The settings of loss: initial tau, whether it learns, the clamp of 1/tau, negatives (one of NEGATIVES),
+    whether the item -> query direction is added."""
+    temperature: float
+    learn_temperature: bool
+    max_logit_scale: float
+    negatives: str
+    symmetric: bool
+
+
 class QueryContrastiveLoss(nn.Module):
     def __init__(self, temperature=0.07, learn_temperature=True, max_logit_scale=100.0, negatives="local",
                  symmetric=False):
         super().__init__()
-        if negatives not in ("local", "global"):
-            raise ValueError(f"loss.negatives: unknown value '{negatives}'; expected local or global")
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature)
         self.max_log_scale = math.log(max_logit_scale)
         self.negatives = negatives
@@ -80,7 +92,7 @@ class QueryContrastiveLoss(nn.Module):
         if self.negatives == "global":
             labels = labels + _rank_offset(q.shape[0])
         if valid is not None:
-            labels = labels.masked_fill(~valid.bool(), IGNORE)
+            labels = labels.masked_fill(~valid.bool(), IGNORE_INDEX)
         if self.negatives == "global":
             logits = scale * q @ gather_features(x).t()
             reverse = scale * x @ gather_features(q).t() if self.symmetric else None

@@ -17,8 +17,8 @@ from torch.utils.checkpoint import checkpoint
 import cn_clip.clip
 from cn_clip.clip.model import CLIP, resize_pos_embed
 
-from models.families import WEIGHTS_HELP
-from utils.checkpoint import WeightsMismatch, read_torch_file, strip_module_prefix
+from models.weights import WEIGHTS_HELP
+from utils.checkpoint import WeightsMismatch, read_torch_file, state_dict_of
 
 CN_CLIP_CONFIG_DIR = os.path.join(os.path.dirname(cn_clip.clip.__file__), "model_configs")
 CHECKPOINT_HELP = WEIGHTS_HELP["chinese_clip"]
@@ -33,20 +33,20 @@ def _read_cn_clip_config(name):
         return json.load(f)
 
 
-def clip_arguments(cfg):
-    """CLIP(...) constructor arguments: the named cn_clip configs, data.image_size, then overrides."""
-    bcfg = cfg["model"]["backbone"]
+def clip_arguments(vision_model, text_model, image_size, embed_dim, overrides=None):
+    """CLIP(...) constructor arguments: the named cn_clip configs, the image size and joint width, then overrides
+    (model.backbone.vision_model, text_model, data.image_size, model.embed_dim, model.backbone.overrides)."""
     args = {}
-    args.update(_read_cn_clip_config(bcfg["vision_model"]))
-    args.update(_read_cn_clip_config(bcfg["text_model"]))
-    args["image_resolution"] = cfg["data"]["image_size"]
-    args["embed_dim"] = cfg["model"]["embed_dim"]
-    args.update(bcfg["overrides"] or {})
-    if args["image_resolution"] != cfg["data"]["image_size"]:
+    args.update(_read_cn_clip_config(vision_model))
+    args.update(_read_cn_clip_config(text_model))
+    args["image_resolution"] = image_size
+    args["embed_dim"] = embed_dim
+    args.update(overrides or {})
+    if args["image_resolution"] != image_size:
         raise ValueError(
             f"model.backbone.overrides.image_resolution={args['image_resolution']} differs from "
-            f"data.image_size={cfg['data']['image_size']}; the model must see the resolution the data pipeline produces")
-    if args["embed_dim"] != cfg["model"]["embed_dim"]:
+            f"data.image_size={image_size}; the model must see the resolution the data pipeline produces")
+    if args["embed_dim"] != embed_dim:
         raise ValueError("set the joint embedding width with model.embed_dim, not model.backbone.overrides.embed_dim")
     if isinstance(args["vision_layers"], (list, tuple)):
         raise ValueError("model.backbone: only ViT vision towers are supported (patch tokens feed the fusion encoder)")
@@ -59,11 +59,10 @@ def read_checkpoint_state_dict(path):
         raise FileNotFoundError(f"model.backbone.pretrained: checkpoint file not found: {path}; {CHECKPOINT_HELP}")
     ckpt = read_torch_file(path, "a cn_clip release checkpoint such as clip_cn_vit-b-16.pt",
                            "model.backbone.pretrained")
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
-        ckpt = ckpt["state_dict"]
-    if not isinstance(ckpt, dict) or not all(torch.is_tensor(v) for v in ckpt.values()):
+    state = state_dict_of(ckpt, ("state_dict",))
+    if state is None:
         raise ValueError(f"{path}: expected a cn_clip checkpoint ({{'state_dict': {{name: tensor}}}} or a bare state dict)")
-    return strip_module_prefix(ckpt)
+    return state
 
 
 class CNClipBackbone(nn.Module):
@@ -72,21 +71,19 @@ class CNClipBackbone(nn.Module):
 
     visual_prefixes = ("clip.visual.",)
 
-    def __init__(self, cfg):
+    def __init__(self, spec):
+        """spec: a models.families.BackboneSpec of the chinese_clip family."""
         super().__init__()
-        bcfg = cfg["model"]["backbone"]
-        self.clip = CLIP(**clip_arguments(cfg))
+        self.clip = CLIP(**clip_arguments(spec.vision_model, spec.text_model, spec.image_size, spec.embed_dim,
+                                          spec.overrides))
         # The contrastive loss owns the (learnable) temperature; CLIP's own one stays unused.
         self.clip.logit_scale.requires_grad_(False)
-        if bcfg["pretrained"]:
-            self.load_pretrained(bcfg["pretrained"])
-        self.grad_checkpointing = bool(bcfg["grad_checkpointing"])
-        unknown = set(bcfg["freeze"]) - {"visual", "text"}
-        if unknown:
-            raise ValueError(f"model.backbone.freeze: unknown part(s) {sorted(unknown)}; expected any of visual, text")
-        if "visual" in bcfg["freeze"]:
+        if spec.pretrained:
+            self.load_pretrained(spec.pretrained)
+        self.grad_checkpointing = bool(spec.grad_checkpointing)
+        if "visual" in spec.freeze:
             self.clip.visual.requires_grad_(False)
-        if "text" in bcfg["freeze"]:
+        if "text" in spec.freeze:
             self.clip.bert.requires_grad_(False)
             self.clip.text_projection.requires_grad_(False)
 

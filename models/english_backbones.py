@@ -12,9 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.checkpoint import read_torch_file, strip_module_prefix
-
-PARTS = ("visual", "text")
+from utils.checkpoint import read_torch_file, state_dict_of
 
 
 class EnglishBackbone(nn.Module):
@@ -24,17 +22,14 @@ class EnglishBackbone(nn.Module):
     visual_prefixes = ()
     text_prefixes = ()
 
-    def __init__(self, cfg):
+    def __init__(self, spec):
+        """spec: a models.families.BackboneSpec."""
         super().__init__()
-        self.family = cfg["model"]["family"]
+        self.family = spec.family
 
-    def _finish(self, bcfg):
+    def _finish(self, freeze):
         # The contrastive loss owns the (learnable) temperature; the model's own one stays unused.
         self.model.logit_scale.requires_grad_(False)
-        freeze = set(bcfg["freeze"])
-        if freeze - set(PARTS):
-            raise ValueError(f"model.backbone.freeze: unknown part(s) {sorted(freeze - set(PARTS))}; "
-                             f"expected any of {', '.join(PARTS)}")
         frozen = tuple(p for part in freeze for p in getattr(self, f"{part}_prefixes"))
         for name, param in self.named_parameters():
             if frozen and name.startswith(frozen):
@@ -53,13 +48,12 @@ class HFClipBackbone(EnglishBackbone):
     visual_prefixes = ("model.vision_model.", "model.visual_projection.")
     text_prefixes = ("model.text_model.", "model.text_projection.")
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        bcfg = cfg["model"]["backbone"]
-        self.model = self.load(bcfg["pretrained"])
-        if bcfg["grad_checkpointing"]:
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.model = self.load(spec.pretrained)
+        if spec.grad_checkpointing:
             self.model.activation_checkpointing_enable({"use_reentrant": False})
-        self._finish(bcfg)
+        self._finish(spec.freeze)
 
     @staticmethod
     def load(folder):
@@ -135,8 +129,8 @@ class XClipBackbone(HFClipBackbone):
     visual_prefixes = HFClipBackbone.visual_prefixes + ("model.mit.",)
     load = staticmethod(one_frame_xclip)
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, spec):
+        super().__init__(spec)
         # The video-specific prompt generator conditions text on a video inside XCLIPModel.forward only;
         # get_text_features and get_video_features never run it, and DDP requires every trained parameter to be used.
         for unused in (self.model.prompts_generator, self.model.prompts_visual_layernorm,
@@ -155,12 +149,10 @@ def read_cyclip_state_dict(path):
     a bare state dict, without DDP's `module.` prefix."""
     setting = "model.backbone.pretrained"
     ckpt = read_torch_file(path, "a CyCLIP checkpoint ({'epoch', 'name', 'state_dict', 'optimizer'})", setting)
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
-        ckpt = ckpt["state_dict"]
-    if not isinstance(ckpt, dict) or not ckpt or not all(torch.is_tensor(v) for v in ckpt.values()):
+    state = state_dict_of(ckpt, ("state_dict",))
+    if not state:
         raise ValueError(f"{setting}={path}: expected a CyCLIP checkpoint ({{'state_dict': {{name: tensor}}}}) or a "
                          "bare state dict")
-    state = strip_module_prefix(ckpt)
     if "text_projection" not in state or not ({"visual.proj", "visual.attnpool.c_proj.weight"} & set(state)):
         raise ValueError(f"{setting}={path}: not an OpenAI-CLIP state dict (no text_projection, or neither "
                          "visual.proj (ViT) nor visual.attnpool (ResNet)); expected a CyCLIP checkpoint")
@@ -174,25 +166,24 @@ class CyClipBackbone(EnglishBackbone):
     text_prefixes = ("model.transformer.", "model.token_embedding.", "model.positional_embedding",
                      "model.ln_final.", "model.text_projection")
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, spec):
+        super().__init__(spec)
         from open_clip.model import build_model_from_openai_state_dict
         from open_clip.modified_resnet import ModifiedResNet
 
-        bcfg = cfg["model"]["backbone"]
-        state = read_cyclip_state_dict(bcfg["pretrained"])
+        state = read_cyclip_state_dict(spec.pretrained)
         try:
             # infers the architecture from the tensors; it builds in float16 and loads a copy there ...
             self.model = build_model_from_openai_state_dict(state)
             # ... so the weights are loaded again once the model is float32, at the checkpoint's precision
             self.model.float().load_state_dict(state)
         except (KeyError, AssertionError, RuntimeError) as e:
-            raise ValueError(f"model.backbone.pretrained={bcfg['pretrained']}: open_clip cannot build an OpenAI-CLIP "
+            raise ValueError(f"model.backbone.pretrained={spec.pretrained}: open_clip cannot build an OpenAI-CLIP "
                              f"model from this state dict ({type(e).__name__}: {e})") from None
         self.resnet = isinstance(self.model.visual, ModifiedResNet)
         # non-reentrant in open_clip's transformers; open_clip has no checkpointing for a ResNet tower (a no-op there)
-        self.model.set_grad_checkpointing(bool(bcfg["grad_checkpointing"]))
-        self._finish(bcfg)
+        self.model.set_grad_checkpointing(bool(spec.grad_checkpointing))
+        self._finish(spec.freeze)
 
     @property
     def vision_width(self):
@@ -251,6 +242,3 @@ class CyClipBackbone(EnglishBackbone):
         ids = F.pad(input_ids, (0, self.context_length - length))
         out = self.model.forward_intermediates(text=ids, text_indices=1, normalize=False, normalize_intermediates=True)
         return out["text_features"], out["text_intermediates"][0][:, :length], None
-
-
-BACKBONES = {"clip": HFClipBackbone, "fashionclip": HFClipBackbone, "xclip": XClipBackbone, "cyclip": CyClipBackbone}

@@ -1,4 +1,5 @@
-"""Fusion of an item's text and visual features into u_cls (Table 5), chosen by model.fusion.type.
+"""Fusion of an item's text and visual features into u_cls (Table 5), chosen by model.fusion.type among
+FUSIONS.
 
 `fusion` (Ours-Q): BERT layers over the product/video text tokens with cross-attention to the
 visual tokens, self-attention and FFN copied from the last `num_layers` layers of the text
@@ -14,6 +15,7 @@ softmax over two weights from the concatenated normalised text and visual featur
 weighted sum of the two.
 """
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -72,18 +74,25 @@ class FusionLayer(nn.Module):
         return self.output(self.intermediate(x), x)
 
 
+# model.fusion.text_input: the text states the fusion encoder reads, those entering its copied layers (layer6) or
+# the text tower's final ones
+TEXT_INPUTS = ("layer6", "final")
+
+
 class FusionEncoder(nn.Module):
     uses_tokens = True
 
-    def __init__(self, cfg, backbone):
+    def __init__(self, backbone, num_layers, text_input, proj_bias=False, grad_checkpointing=False):
+        """backbone: the chinese_clip towers (models.backbone.CNClipBackbone), whose last `num_layers` text layers
+        are copied; u_cls has the backbone's embed_dim."""
         super().__init__()
-        n = cfg["model"]["fusion"]["num_layers"]
         text_layers = backbone.text_layers
-        if not 1 <= n <= len(text_layers):
-            raise ValueError(f"model.fusion.num_layers={n}: the text tower has {len(text_layers)} layers to copy from")
-        self.start_layer = len(text_layers) - n
+        if not 1 <= num_layers <= len(text_layers):
+            raise ValueError(f"model.fusion.num_layers={num_layers}: the text tower has {len(text_layers)} layers "
+                             "to copy from")
+        self.start_layer = len(text_layers) - num_layers
         # the text tower's layer whose input the fusion reads; None: its final states
-        self.text_layer = self.start_layer if cfg["model"]["fusion"]["text_input"] == "layer6" else None
+        self.text_layer = self.start_layer if text_input == "layer6" else None
         bert_config = backbone.clip.bert_config
         self.layers = nn.ModuleList(FusionLayer(layer, bert_config) for layer in text_layers[self.start_layer:])
         self.layers.requires_grad_(True)  # trained even when the text tower it was copied from is frozen
@@ -91,12 +100,12 @@ class FusionEncoder(nn.Module):
         self.visual_norm = nn.LayerNorm(width)
         self.visual_proj = nn.Linear(width, hidden) if width != hidden else nn.Identity()
         # u_cls starts as the text tower's projection of the first token.
-        self.proj = nn.Linear(hidden, cfg["model"]["embed_dim"], bias=cfg["model"]["fusion"]["proj_bias"])
+        self.proj = nn.Linear(hidden, backbone.embed_dim, bias=proj_bias)
         with torch.no_grad():
             self.proj.weight.copy_(backbone.clip.text_projection.t())
             if self.proj.bias is not None:
                 self.proj.bias.zero_()
-        self.grad_checkpointing = bool(cfg["model"]["backbone"]["grad_checkpointing"])
+        self.grad_checkpointing = bool(grad_checkpointing)
 
     def encode_tokens(self, text_states, text_mask, visual_tokens):
         """-> the fused token states [B, L, hidden]. visual_tokens [B,T,1+P,width] (every ViT output token,
@@ -159,14 +168,25 @@ class Combiner(nn.Module):
         return self.mix(joint) + lam * t + (1 - lam) * v
 
 
-def build_fusion(cfg, backbone):
-    kind = cfg["model"]["fusion"]["type"]
-    if kind == "fusion":
-        return FusionEncoder(cfg, backbone)
-    if kind == "add":
-        return AddFusion()
-    if kind == "combiner":
-        return Combiner(cfg["model"]["embed_dim"])
-    if kind == "attention":
-        return AttentionFusion(cfg["model"]["embed_dim"])
-    raise ValueError(f"model.fusion.type: unknown value '{kind}'; expected add, attention, combiner or fusion")
+@dataclass(frozen=True)
+class FusionSpec:
+    """model.fusion: the fusion (a name of FUSIONS) and the settings of the fusion encoder."""
+    kind: str
+    num_layers: int
+    text_input: str
+    proj_bias: bool
+
+
+# name -> builder(spec, backbone, dim, grad_checkpointing)
+FUSIONS = {
+    "add": lambda spec, backbone, dim, grad_checkpointing: AddFusion(),
+    "attention": lambda spec, backbone, dim, grad_checkpointing: AttentionFusion(dim),
+    "combiner": lambda spec, backbone, dim, grad_checkpointing: Combiner(dim),
+    "fusion": lambda spec, backbone, dim, grad_checkpointing: FusionEncoder(
+        backbone, spec.num_layers, spec.text_input, spec.proj_bias, grad_checkpointing),
+}
+
+
+def build_fusion(spec, backbone, dim, grad_checkpointing=False):
+    """The fusion of spec.kind over `backbone`'s features, projected ones of width `dim`."""
+    return FUSIONS[spec.kind](spec, backbone, dim, grad_checkpointing)

@@ -25,7 +25,7 @@ from losses import (EntityClassifier, TiedMLMHead, VTCLoss, epl_loss, mask_token
                     progressive_weight, pseudo_labels, sample_hard_negatives, vtm_loss, vtm_pairs)
 from losses.epl import NUM_LEVELS
 from losses.mlm import IGNORE_INDEX
-from models.backbone import CNClipBackbone
+from models.families import group_parameters
 from models.fusion import COPIED_LAYER_PARTS, FusionEncoder
 
 STAGE_TERMS = {"1": ("vtc", "otm", "mlm"), "2": ("epl",), "joint": ("vtc", "otm", "mlm", "epl")}
@@ -33,25 +33,30 @@ BATCH_KEYS = ("frames", "text_ids", "text_mask", "epoch")
 
 
 class PretrainModel(nn.Module):
-    def __init__(self, cfg, prompts=None, special_ids=(), mask_id=None):
-        """prompts: NUM_LEVELS pairs (input_ids, attention_mask) [M_l, L] of the entity prompts (EPL
-        stages only); special_ids, mask_id: the tokenizer's (MLM stages only)."""
+    def __init__(self, backbone, *, fusion, contrastive, stage, weights, epl_alpha, mlm_prob, prompts=None,
+                 special_ids=(), mask_id=None, grad_checkpointing=False):
+        """backbone: the built chinese_clip towers (models.backbone.CNClipBackbone); fusion: the FusionSpec of the
+        fusion encoder; contrastive: the ContrastiveSpec of VTC; stage: a key of STAGE_TERMS; weights: {term:
+        weight} of Eq. 3; epl_alpha: of w_t; mlm_prob: the share of text tokens chosen for MLM. prompts:
+        NUM_LEVELS pairs (input_ids, attention_mask) [M_l, L] of the entity prompts (EPL stages only);
+        special_ids, mask_id: the tokenizer's (MLM stages only); grad_checkpointing: of the fusion layers."""
         super().__init__()
-        p, lcfg = cfg["pretrain"], cfg["loss"]
-        self.terms = STAGE_TERMS[str(p["stage"])]
-        self.weights = {k: v for k, v in p["weights"].items() if k in self.terms}
-        self.alpha = p["epl_alpha"]
-        self.backbone = CNClipBackbone(cfg)
-        self.fusion = FusionEncoder(cfg, self.backbone)
+        self.terms = STAGE_TERMS[stage]
+        self.weights = {k: v for k, v in weights.items() if k in self.terms}
+        self.alpha = epl_alpha
+        self.backbone = backbone
+        self.fusion = FusionEncoder(backbone, fusion.num_layers, fusion.text_input, fusion.proj_bias,
+                                    grad_checkpointing)
         # u_cls's projection serves retrieval only; it stays the text tower's initial projection
         self.fusion.proj.requires_grad_(False)
-        self.vtc = VTCLoss(lcfg["temperature"], lcfg["learn_temperature"], lcfg["max_logit_scale"], lcfg["negatives"])
+        self.vtc = VTCLoss(contrastive.temperature, contrastive.learn_temperature, contrastive.max_logit_scale,
+                           contrastive.negatives)
         hidden = self.backbone.text_width
         if "otm" in self.terms:
             self.vtm_head = nn.Linear(hidden, 2)
         if "mlm" in self.terms:
             self.mlm_head = TiedMLMHead(self.backbone.clip.bert.embeddings.word_embeddings, hidden)
-            self.mlm_prob, self.mask_id, self.special_ids = p["mlm_prob"], mask_id, tuple(special_ids)
+            self.mlm_prob, self.mask_id, self.special_ids = mlm_prob, mask_id, tuple(special_ids)
         if "epl" in self.terms:
             if prompts is None or len(prompts) != NUM_LEVELS:
                 raise ValueError(f"EPL needs the prompts of the {NUM_LEVELS} entity levels")
@@ -126,28 +131,16 @@ class PretrainModel(nn.Module):
         out.update(stats)
         return out
 
-    def param_groups(self, cfg):
-        """Optimizer groups by where a parameter's values come from, frozen parameters left out: "visual"
-        (train.lr_visual) and "text" (train.lr) hold what is read from Chinese-CLIP, the visual tower and the
-        rest (the text tower, and the parts of its layers the fusion encoder copies); "new" (pretrain.lr_new,
-        null: train.lr) what pre-training initialises (cross-attention, the visual input of the fusion, the
-        heads, the VTC temperature)."""
-        tcfg = cfg["train"]
-        visual = tuple("backbone." + p for p in self.backbone.visual_prefixes)
-        groups = {"visual": [], "text": [], "new": []}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            if name.startswith(visual):
-                groups["visual"].append(p)
-            elif name.startswith("backbone.") or _copied_fusion_part(name):
-                groups["text"].append(p)
-            else:
-                groups["new"].append(p)
-        new_lr = cfg["pretrain"]["lr_new"]
-        lrs = {"visual": tcfg["lr_visual"], "text": tcfg["lr"], "new": tcfg["lr"] if new_lr is None else new_lr}
-        return [{"name": n, "params": ps, "lr": lrs[n], "weight_decay": tcfg["weight_decay"]}
-                for n, ps in groups.items() if ps]
+    def param_groups(self):
+        """Optimizer groups by where a parameter's values come from, frozen parameters left out: "visual" and
+        "text" hold what is read from Chinese-CLIP, the visual tower and the rest (the text tower, and the parts
+        of its layers the fusion encoder copies); "new" what pre-training initialises (cross-attention, the
+        visual input of the fusion, the heads, the VTC temperature)."""
+        return group_parameters(self, _text_or_new, ("text", "new"))
+
+
+def _text_or_new(name):
+    return "text" if name.startswith("backbone.") or _copied_fusion_part(name) else "new"
 
 
 def _copied_fusion_part(name):

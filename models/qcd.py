@@ -7,7 +7,7 @@ from torch import nn
 
 from datasets.batch import PAIR_KEYS, TRAIN_KEYS
 from losses import QueryContrastiveLoss, text_reconstruction_loss, vision_reconstruction_loss
-from models.families import build_backbone
+from models.families import group_parameters
 from models.fusion import build_fusion
 from models.reconstruction import TextReconstructor, VisionReconstructor
 from models.video_pooling import build_video_pooling
@@ -18,21 +18,30 @@ class QCDModel(nn.Module):
     item text -> t_cls; fusion of text tokens and visual tokens -> u_cls. Training loss: Eq. 8 (train.mode=query),
     or InfoNCE between the u_cls of a goods item and of a micro-video of the same query (train.mode=ft)."""
 
-    def __init__(self, cfg):
+    def __init__(self, backbone, *, pooling, fusion, contrastive, weights, mode, num_frames, query_max_len,
+                 text_attention_mask=True, grad_checkpointing=False, recon=None, token_ids=None):
+        """backbone: the built towers (models.families.build_backbone), whose embed_dim every feature has;
+        pooling (PoolingSpec) over clips of num_frames frames; fusion (FusionSpec); contrastive (ContrastiveSpec)
+        of the InfoNCE terms, weighted by weights {qu, qv, qt, recon_text, recon_vision} (Eq. 8); mode: train.mode;
+        recon (ReconSpec, None: no reconstruction) decodes queries of up to query_max_len tokens of the
+        tokenizer whose (start, end, pad) ids are token_ids; grad_checkpointing: of the fusion and decoder
+        layers (the backbone has its own)."""
         super().__init__()
-        lcfg = cfg["loss"]
-        self.mode = cfg["train"]["mode"]
-        self.backbone = build_backbone(cfg)
-        self.video_pooling = build_video_pooling(cfg)
-        self.fusion = build_fusion(cfg, self.backbone)
-        self.text_attention_mask = bool(cfg["model"]["backbone"]["text_attention_mask"])
-        self.contrastive = QueryContrastiveLoss(lcfg["temperature"], lcfg["learn_temperature"], lcfg["max_logit_scale"],
-                                                lcfg["negatives"], lcfg["symmetric"])
-        self.weights = dict(lcfg["weights"])
-        self.recon = bool(lcfg["recon"])
+        self.mode = mode
+        self.backbone = backbone
+        dim = backbone.embed_dim
+        self.video_pooling = build_video_pooling(pooling, dim, num_frames)
+        self.fusion = build_fusion(fusion, self.backbone, dim, grad_checkpointing)
+        self.text_attention_mask = bool(text_attention_mask)
+        self.contrastive = QueryContrastiveLoss(contrastive.temperature, contrastive.learn_temperature,
+                                                contrastive.max_logit_scale, contrastive.negatives,
+                                                contrastive.symmetric)
+        self.weights = dict(weights)
+        self.recon = recon is not None
         if self.recon:
-            self.text_recon = TextReconstructor(cfg, self.backbone.vocab_size)
-            self.vision_recon = VisionReconstructor(cfg, self.backbone.vision_width, self.backbone.num_patches)
+            self.text_recon = TextReconstructor(recon, self.backbone.vocab_size, dim, query_max_len, token_ids,
+                                                grad_checkpointing)
+            self.vision_recon = VisionReconstructor(recon, self.backbone.vision_width, self.backbone.num_patches, dim)
 
     def _text(self, input_ids, attention_mask):
         """The text inputs the towers see. Without model.backbone.text_attention_mask the ids are cut to
@@ -104,21 +113,11 @@ class QCDModel(nn.Module):
         loss = self.contrastive(u_goods, u_video, valid=batch["pair_valid"])
         return {"loss": loss, "loss_pair": loss, "logit_scale": self.contrastive.scale().detach()}
 
-    def param_groups(self, cfg):
-        """Optimizer groups "visual" (train.lr_visual), "recon" (train.lr_recon), "other" (train.lr);
-        frozen parameters are left out, and so are groups left empty (e.g. recon off)."""
-        tcfg = cfg["train"]
-        groups = {"visual": [], "recon": [], "other": []}
-        visual = tuple("backbone." + p for p in self.backbone.visual_prefixes)
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            if name.startswith(visual):
-                groups["visual"].append(p)
-            elif name.startswith(("text_recon.", "vision_recon.")):
-                groups["recon"].append(p)
-            else:
-                groups["other"].append(p)
-        lrs = {"visual": tcfg["lr_visual"], "recon": tcfg["lr_recon"], "other": tcfg["lr"]}
-        return [{"name": n, "params": ps, "lr": lrs[n], "weight_decay": tcfg["weight_decay"]}
-                for n, ps in groups.items() if ps]
+    def param_groups(self):
+        """Optimizer groups "visual" (the visual tower), "recon" (the reconstruction heads) and "other"; frozen
+        parameters are left out, and so are groups left empty (e.g. recon off)."""
+        return group_parameters(self, _recon_or_other, ("recon", "other"))
+
+
+def _recon_or_other(name):
+    return "recon" if name.startswith(("text_recon.", "vision_recon.")) else "other"

@@ -15,25 +15,38 @@ the query side (the query projection and the LayerNorm in front of it) cannot ch
 output. Those parameters would never get a gradient (and DDP would reject them as unused), so
 they are frozen.
 """
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-CLS_ID, SEP_ID, PAD_ID = 101, 102, 0  # cn_clip vocab.txt
+
+@dataclass(frozen=True)
+class ReconSpec:
+    """model.recon: the sizes of both heads and the share of visual tokens masked, in (0, 1]."""
+    text_layers: int
+    text_heads: int
+    vision_layers: int
+    vision_heads: int
+    vision_mask_ratio: float
 
 
 class TextReconstructor(nn.Module):
-    def __init__(self, cfg, vocab_size):
+    def __init__(self, spec, vocab_size, dim, max_len, token_ids, grad_checkpointing=False):
+        """spec: a ReconSpec; a decoder of width `dim` over queries of up to `max_len` tokens (data.query_max_len)
+        of a vocabulary of `vocab_size`; token_ids: the tokenizer's (start, end, pad) ids, recorded in the
+        decoder's config."""
         super().__init__()
-        rcfg, dim = cfg["model"]["recon"], cfg["model"]["embed_dim"]
-        config = GPT2Config(vocab_size=vocab_size, n_positions=cfg["data"]["query_max_len"], n_embd=dim,
-                            n_layer=rcfg["text_layers"], n_head=rcfg["text_heads"], add_cross_attention=True,
-                            bos_token_id=CLS_ID, eos_token_id=SEP_ID, pad_token_id=PAD_ID)
+        start_id, end_id, pad_id = token_ids
+        config = GPT2Config(vocab_size=vocab_size, n_positions=max_len, n_embd=dim,
+                            n_layer=spec.text_layers, n_head=spec.text_heads, add_cross_attention=True,
+                            bos_token_id=start_id, eos_token_id=end_id, pad_token_id=pad_id)
         self.decoder = GPT2LMHeadModel(config)
         for block in self.decoder.transformer.h:
             block.crossattention.q_attn.requires_grad_(False)
             block.ln_cross_attn.requires_grad_(False)
-        if cfg["model"]["backbone"]["grad_checkpointing"]:
+        if grad_checkpointing:
             self.decoder.activation_checkpointing_enable({"use_reentrant": False})
 
     def forward(self, query_ids, query_mask, v_cls):
@@ -44,21 +57,19 @@ class TextReconstructor(nn.Module):
 
 
 class VisionReconstructor(nn.Module):
-    def __init__(self, cfg, width, num_patches):
+    def __init__(self, spec, width, num_patches, dim):
+        """spec: a ReconSpec; tokens of `width` from `num_patches` patches, conditioned on a u_cls of width `dim`."""
         super().__init__()
-        rcfg, dim = cfg["model"]["recon"], cfg["model"]["embed_dim"]
-        self.mask_ratio = rcfg["vision_mask_ratio"]
-        if not 0.0 < self.mask_ratio <= 1.0:
-            raise ValueError(f"model.recon.vision_mask_ratio={self.mask_ratio}: expected a value in (0, 1]")
+        self.mask_ratio = spec.vision_mask_ratio
         self.num_masked = max(1, round(num_patches * self.mask_ratio))
         self.in_proj = nn.Linear(width, dim)
         self.mask_token = nn.Parameter(torch.zeros(dim))
         self.position = nn.Parameter(torch.zeros(num_patches, dim))
         nn.init.normal_(self.mask_token, std=0.02)
         nn.init.normal_(self.position, std=0.02)
-        layer = nn.TransformerDecoderLayer(dim, rcfg["vision_heads"], dim_feedforward=4 * dim, dropout=0.1,
+        layer = nn.TransformerDecoderLayer(dim, spec.vision_heads, dim_feedforward=4 * dim, dropout=0.1,
                                            activation="gelu", batch_first=True, norm_first=True)
-        self.decoder = nn.TransformerDecoder(layer, rcfg["vision_layers"])
+        self.decoder = nn.TransformerDecoder(layer, spec.vision_layers)
         for block in self.decoder.layers:
             block.norm2.requires_grad_(False)  # the LayerNorm in front of the single-key cross-attention
         self.norm = nn.LayerNorm(dim)

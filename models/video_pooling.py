@@ -1,4 +1,7 @@
-"""Video-level feature from per-frame features h [B,T,D] (Tables 3 and 6), chosen by model.video.pooling."""
+"""Video-level feature from per-frame features h [B,T,D] (Tables 3 and 6), chosen by model.video.pooling
+among POOLINGS."""
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -78,18 +81,25 @@ class MITPooling(nn.Module):
         return (x + h).mean(dim=1)
 
 
-def build_video_pooling(cfg):
-    vcfg = cfg["model"]["video"]
-    dim = cfg["model"]["embed_dim"]
-    kind = vcfg["pooling"]
-    if kind == "add":
-        return SumPooling()
-    if kind == "mean":
-        return MeanPooling()
-    if kind == "lstm":
-        return LSTMPooling(dim)
-    if kind == "ftt":
-        return FrameTemporalTransformer(dim, vcfg["ftt_layers"], vcfg["ftt_heads"], cfg["data"]["num_frames"])
-    if kind == "mit":
-        return MITPooling(dim, vcfg["mit_layers"], cfg["data"]["num_frames"])
-    raise ValueError(f"model.video.pooling: unknown value '{kind}'; expected add, mean, lstm, ftt or mit")
+@dataclass(frozen=True)
+class PoolingSpec:
+    """model.video: the pooling (a name of POOLINGS) and the sizes of the learnt ones."""
+    kind: str
+    ftt_layers: int
+    ftt_heads: int
+    mit_layers: int
+
+
+# name -> builder(spec, dim, num_frames)
+POOLINGS = {
+    "add": lambda spec, dim, num_frames: SumPooling(),
+    "mean": lambda spec, dim, num_frames: MeanPooling(),
+    "lstm": lambda spec, dim, num_frames: LSTMPooling(dim),
+    "ftt": lambda spec, dim, num_frames: FrameTemporalTransformer(dim, spec.ftt_layers, spec.ftt_heads, num_frames),
+    "mit": lambda spec, dim, num_frames: MITPooling(dim, spec.mit_layers, num_frames),
+}
+
+
+def build_video_pooling(spec, dim, num_frames):
+    """The pooling of spec.kind over features of width `dim`, for clips of `num_frames` frames (data.num_frames)."""
+    return POOLINGS[spec.kind](spec, dim, num_frames)

@@ -29,6 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from utils.checkpoint import NO_COUNTERPART, strip_module_prefix  # noqa: E402
+from utils.config import flatten, load_config  # noqa: E402
 
 ATTENTION, BERTX = "DocAttentionFusionModel", "BertXFusionModel"
 MIT = r"video_attention_pooling\."
@@ -141,24 +142,15 @@ def authors_settings(checkpoint, variant):
     return settings
 
 
-def _flatten(tree, prefix=""):
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            yield from _flatten(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
-
-
 def settings_overrides(settings):
     """The settings as key.sub=value overrides (yaml values)."""
     return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-            for k, v in _flatten(settings)]
+            for k, v in flatten(settings)]
 
 
-def _model_shapes(config, overrides=()):
+def model_shapes(config, overrides=()):
     """{key: shape} of the model a config builds, without allocating its weights."""
     from models import build_model
-    from utils.config import load_config
 
     cfg = load_config(config, list(overrides))
     cfg["model"]["backbone"]["pretrained"] = None  # only the shapes are needed
@@ -299,7 +291,7 @@ def main(argv=None):
     except ValueError as e:
         print(f"error: {args.input}: {e}", file=sys.stderr)
         return 2
-    shapes = _model_shapes(args.config, settings_overrides(settings))
+    shapes = model_shapes(args.config, settings_overrides(settings))
     state, no_counterpart, report = convert(checkpoint, shapes, variant)
     print(format_report(variant, report, no_counterpart, len(shapes)))
     if not state:

@@ -60,8 +60,8 @@ PYTHONPATH="$ROOT" "$PYTHON" - "$ROOT/configs/baselines" "$SELECTED" "$@" > "$PL
 import os
 import sys
 
+from evaluate.pipeline import feature_names, out_dir
 from evaluate.table import table2_row_name
-from evaluation import feature_names, out_dir
 from utils.checkpoint import LATEST
 from utils.config import load_config
 

@@ -1,15 +1,13 @@
 """Parsing of the annotation files: values, synonyms, path-style ids, and errors naming file and line."""
-import os
 import subprocess
 import sys
 
 import pytest
 
 from datasets.annotations import (AnnotationError, DatasetPaths, TestItem, TrainEntry, normalize_domain, parse_gt,
-                                  parse_item_list, parse_train_file, read_frame_ids, read_goods_text, read_queries,
+                                  parse_item_list, parse_train_file, read_entities, read_frame_ids, read_goods_text,
                                   read_video_text)
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO_ROOT
 
 
 def write(tmp_path, name, text, encoding="utf-8"):
@@ -123,8 +121,8 @@ def test_frame_ids(tmp_path):
         read_frame_ids(two)
 
 
-def test_queries_skip_blank_lines(tmp_path):
-    assert read_queries(write(tmp_path, "queries.txt", "红色杯子\n\n  蓝色背包 \n")) == ["红色杯子", "蓝色背包"]
+def test_entities_skip_blank_lines(tmp_path):
+    assert read_entities(write(tmp_path, "level1.txt", "红色杯子\n\n  蓝色背包 \n")) == ["红色杯子", "蓝色背包"]
 
 
 def test_normalize_domain():

@@ -11,7 +11,7 @@ import evaluation
 from datasets.annotations import AnnotationError, DatasetPaths, parse_gt, parse_item_list
 from evaluate.features import load_features, read_text_features, save_features, write_text_features
 from evaluate.search import normalize
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 from utils.config import load_config
 
 

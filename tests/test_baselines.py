@@ -10,17 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import main_cross_domain_emb as entry
 from datasets.annotations import TrainEntry
+from datasets.families import FAMILIES
 from datasets.loader import collate_pairs
 from datasets.sampler import PairBatchSampler
 from datasets.translations import TranslationError, Translations, read_translations
+from engine.checks import validate_config
 from evaluate.table import FAMILY_NAMES, MODE_NAMES, PAPER_TABLES, table2_row_name
 from losses import QueryContrastiveLoss
-from models.families import FAMILIES
+from tests.helpers import REPO_ROOT as REPO
 from utils.config import ConfigError, load_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINES = os.path.join(REPO, "configs", "baselines")
 ROWS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(BASELINES, "[!_]*.yaml")))
 
@@ -166,8 +166,8 @@ def test_settings_that_cannot_run_are_refused(tmp_path):
     ]
     for path, extra, evaluate, message in cases:
         with pytest.raises(ConfigError, match=message):
-            entry.validate_config(load_config(path, extra), evaluate)
-    entry.validate_config(load_config(os.path.join(BASELINES, "clip_infer.yaml")), evaluate=True)
+            validate_config(load_config(path, extra), evaluate)
+    validate_config(load_config(os.path.join(BASELINES, "clip_infer.yaml")), evaluate=True)
 
 
 def test_fifteen_rows_one_per_family_and_setting_named_as_in_the_paper():
@@ -179,7 +179,7 @@ def test_fifteen_rows_one_per_family_and_setting_named_as_in_the_paper():
         family, mode = cfg["model"]["family"], cfg["train"]["mode"]
         assert row == f"{family}_{'q' if mode == 'query' else mode}"
         assert table2_row_name(family, mode) in paper_rows
-        entry.validate_config(cfg, evaluate=mode == "infer")
+        validate_config(cfg, evaluate=mode == "infer")
         assert cfg["output_dir"].endswith(os.path.join("table2", row))
         assert (cfg["data"]["translations"] is None) == (family == "chinese_clip")
         seen.add((family, mode))
@@ -227,7 +227,7 @@ def test_run_table2_selects_rows_and_rejects_unknown_ones():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_missing_weights_stop_the_launch_before_torchrun(family, tmp_path, mini_root):
     """A row whose weights are not at its config's path fails in train.sh's check, naming where they are published."""
-    result = subprocess.run(["sh", os.path.join(REPO, "train.sh"), f"configs/baselines/{family}_ft.yaml",
+    result = subprocess.run(["sh", os.path.join(REPO, "train.sh"), os.path.join(BASELINES, f"{family}_ft.yaml"),
                              f"data.root={mini_root}", f"output_dir={tmp_path}/out",
                              f"model.backbone.pretrained={tmp_path}/absent"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -113,6 +113,15 @@ def test_load_model_weights_strips_ddp_prefix(tmp_path):
         assert torch.equal(dst.state_dict()[k], v)
 
 
+def test_state_dict_of_finds_the_tensors_of_each_layout():
+    w = torch.zeros(2)
+    assert ckpt.state_dict_of({"model": {"module.w": w}, "state_dict": {"x": w}}) == {"w": w}  # ours first
+    assert ckpt.state_dict_of({"epoch": 3, "state_dict": {"module.visual.w": w}}) == {"visual.w": w}  # CyCLIP's
+    assert ckpt.state_dict_of({"w": w}) == {"w": w}  # a bare state dict
+    assert ckpt.state_dict_of({"model": {"w": w}}, keys=("state_dict",)) is None  # a mapping of mappings
+    assert ckpt.state_dict_of({"state_dict": {"w": 1.0}}) is None and ckpt.state_dict_of([w]) is None
+
+
 def test_load_model_weights_reports_what_it_did_not_load(tmp_path):
     src = Net(width=4)
     state = dict(src.state_dict(), extra=torch.zeros(1))

@@ -1,4 +1,6 @@
-"""The config system (utils/config.py) and the entry point's checks: bad configs fail before any work."""
+"""The config system (utils/config.py) and the run checks (engine/checks.py): bad configs fail before any work,
+each failure in one line with its exit code."""
+import logging
 import os
 import re
 import subprocess
@@ -8,10 +10,16 @@ import pytest
 import yaml
 
 import main_cross_domain_emb as entry
+from engine.checks import CHOICES, preflight, run_cli, validate_config
 from engine.run_dir import config_changes
+from engine.trainer import NonFiniteLoss
+from evaluate.features import NonFiniteFeatures
+from utils.checkpoint import CheckpointWriteError, WeightsMismatch
 from utils.config import ConfigError, load_config, save_config
+from utils.distributed import UnsupportedGPU
+from utils.logging import LOGGER_NAME
+from tests.helpers import REPO_ROOT as REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(REPO, "configs", "base.yaml")
 
 
@@ -33,7 +41,7 @@ def test_base_chain_later_files_win(tmp_path):
 
 def test_shipped_configs_resolve_and_validate():
     for name in ("demo.yaml", "qcd_real400k.yaml"):
-        entry.validate_config(load_config(os.path.join(REPO, "configs", name)))
+        validate_config(load_config(os.path.join(REPO, "configs", name)))
     real = load_config(os.path.join(REPO, "configs", "qcd_real400k.yaml"))
     t = real["train"]
     assert (t["batch_size"], t["epochs"], t["optimizer"], t["lr"], t["lr_visual"], t["lr_recon"]) == (
@@ -130,3 +138,69 @@ def test_config_changes_between_checkpoint_and_resumed_run():
     new = load_config(BASE, ["train.lr=1e-3", "train.max_steps=10", "loss.weights.qt=0.5", "output_dir=elsewhere"])
     assert config_changes(old, new) == ["loss.weights.qt: 1.0 -> 0.5", "train.lr: 0.0001 -> 0.001"]
     assert config_changes(old, old) == []
+
+
+def test_every_enumerated_setting_is_checked_against_its_registry():
+    base = load_config(BASE)
+    for path, allowed in CHOICES.items():
+        value = base
+        for p in path:
+            value = value[p]
+        assert (set(value) <= set(allowed)) if isinstance(value, list) else value in allowed, path
+        cfg = load_config(BASE)
+        node = cfg
+        for p in path[:-1]:
+            node = node[p]
+        node[path[-1]] = ["no-such-value"] if isinstance(value, list) else "no-such-value"
+        with pytest.raises(ConfigError, match=re.escape(f"{'.'.join(path)}=")):
+            validate_config(cfg)
+
+
+def test_the_file_checks_come_first_and_name_their_setting(tmp_path):
+    cfg = load_config(BASE, [f"data.root={tmp_path / 'nowhere'}", f"resume={tmp_path / 'old.pth.tar'}"])
+    validate_config(cfg)  # the files are preflight's
+    with pytest.raises(ConfigError, match=r"resume='.*old\.pth\.tar': expected null, auto or an existing checkpoint"):
+        preflight(cfg)
+    cfg["resume"] = None
+    with pytest.raises(FileNotFoundError, match=r"data\.root=.*nowhere: folder not found"):
+        preflight(cfg)
+
+
+def fails_with(error):
+    def fn():
+        raise error
+    return fn
+
+
+@pytest.mark.parametrize("error,line,code", [
+    (ConfigError("train.amp='x': expected one of"), "config error: train.amp='x': expected one of", 2),
+    (FileNotFoundError("data.root=x: folder not found"), "error: data.root=x: folder not found", 2),
+    (UnsupportedGPU("this GPU is sm_70"), "error: this GPU is sm_70", 2),
+    (WeightsMismatch("x does not fit"), "error: x does not fit", 2),
+    (ValueError("data.image_size=64 differs"), "error: data.image_size=64 differs", 2),
+    (NonFiniteFeatures("a feature row holds NaN"), "error: a feature row holds NaN", 1),
+    (NonFiniteLoss("non-finite loss"), None, 1),
+    (CheckpointWriteError(28, "No space left"), None, 1),
+])
+def test_one_mapping_from_failure_to_message_and_exit_code(capsys, monkeypatch, error, line, code):
+    # the run's logger gets only this test's handler: earlier tests' handlers write to streams pytest has closed
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    monkeypatch.setattr(logging.getLogger(LOGGER_NAME), "handlers", [handler])
+    monkeypatch.setattr(logging.getLogger(LOGGER_NAME), "propagate", False)
+    assert run_cli(fails_with(error)) == code
+    err = capsys.readouterr().err
+    if line is None:  # the run's logger reports it, after its own lines
+        assert err == "" and logged == [str(error)]
+    else:
+        assert err == line + "\n"
+    # evaluation.py exits 1 for a failure in its input too
+    assert run_cli(fails_with(error), input_code=1) == 1
+    capsys.readouterr()
+
+
+def test_run_cli_passes_the_exit_code_through_and_lets_a_bug_show_its_traceback():
+    assert run_cli(lambda a, b: a + b, 0, 3) == 3
+    with pytest.raises(KeyError):
+        run_cli(fails_with(KeyError("bug")))

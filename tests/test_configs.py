@@ -9,10 +9,10 @@ from models import build_model
 from models.fusion import AddFusion, Combiner, FusionEncoder
 from models.ftt import FrameTemporalTransformer
 from models.video_pooling import LSTMPooling, MeanPooling, SumPooling
-from tests.conftest import TINY
+from tests.helpers import REPO_ROOT, TINY
 from utils.config import load_config
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = os.path.join(REPO_ROOT, "configs")
 # Ablation rows of the paper: (video pooling, fusion, reconstruction heads).
 EXPECTED = {
     "qcd_real400k.yaml": (FrameTemporalTransformer, FusionEncoder, True),

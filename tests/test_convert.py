@@ -16,14 +16,14 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from datasets.annotations import read_raw_lines
 from datasets.eval_dataset import authors_video_text
 from datasets.frames import authors_centre_indices, segment_indices
-from main_cross_domain_emb import validate_config
-from models import build_model
+from engine.checks import validate_config
+from models import backbone_spec, build_model
 from models.backbone import clip_arguments
 from models.video_pooling import MITPooling
+from tests.helpers import REPO_ROOT as REPO
 from utils import checkpoint as ckpt
 from utils.config import ConfigError, load_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "configs", "demo.yaml")
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
@@ -93,9 +93,15 @@ def ddp(module):
     return {f"module.{k}": v for k, v in module.state_dict().items()}
 
 
+def cn_clip(cfg):
+    """cn_clip's CLIP of the config's backbone, random weights."""
+    spec = backbone_spec(cfg)
+    return CLIP(**clip_arguments(spec.vision_model, spec.text_model, spec.image_size, spec.embed_dim, spec.overrides))
+
+
 def authors_checkpoint(cfg, frames, clip=None):
     torch.manual_seed(3)
-    clip = clip or CLIP(**clip_arguments(cfg))
+    clip = clip or cn_clip(cfg)
     dim, recon = cfg["model"]["embed_dim"], cfg["model"]["recon"]
     return {
         "epoch": 9,
@@ -194,13 +200,13 @@ def test_attention_variant_converts_into_their_computation(demo_cfg, tmp_path, c
 
 
 def test_evaluator_lists_the_declared_tensors_and_refuses_init_from(demo_cfg, tmp_path, capsys, mini_root):
-    import evaluation
+    from evaluate.pipeline import extract
 
     out, cfg_path, _ = convert_files(tmp_path, authors_checkpoint(demo_cfg, demo_cfg["data"]["num_frames"]), capsys)
     cfg = load_config(cfg_path, [f"data.root={mini_root}", f"output_dir={tmp_path}", f"eval.checkpoint={out}",
                                  "eval.dtype=float32"])
     validate_config(cfg, evaluate=True)
-    evaluation.extract(cfg)
+    extract(cfg)
     lines = [line for line in capsys.readouterr().out.splitlines() if "without a counterpart" in line]
     assert len(lines) == 2 and any("contrastive.logit_scale" in line and "temperature" in line for line in lines)
     assert any("vision_recon" in line and "no vision reconstruction" in line for line in lines)
@@ -213,7 +219,7 @@ def test_evaluator_lists_the_declared_tensors_and_refuses_init_from(demo_cfg, tm
 def test_bertx_variant_maps_its_fusion_layers(demo_cfg):
     frames = demo_cfg["data"]["num_frames"]
     twelve = load_config(DEMO, ["model.backbone.overrides.text_num_hidden_layers=12"])
-    clip = CLIP(**clip_arguments(twelve))
+    clip = cn_clip(twelve)
     theirs = authors_checkpoint(twelve, frames, clip)
     del theirs["text_generation_model"]  # their checkpoint.pth.tar of some epochs holds none
     width = clip.visual.conv1.out_channels
@@ -222,7 +228,7 @@ def test_bertx_variant_maps_its_fusion_layers(demo_cfg):
     assert variant == conv.BERTX
     settings = conv.authors_settings(theirs, variant)
     assert settings["model"]["fusion"] == {"type": "fusion", "text_input": "final", "proj_bias": True, "num_layers": 6}
-    shapes = conv._model_shapes(DEMO, ["model.backbone.overrides.text_num_hidden_layers=12"]
+    shapes = conv.model_shapes(DEMO, ["model.backbone.overrides.text_num_hidden_layers=12"]
                                 + conv.settings_overrides(settings))
     state, no_counterpart, report = conv.convert(theirs, shapes, variant)
     assert report["unknown"] == [] and report["shape_mismatch"] == [] and report["undeclared"] == []
@@ -255,7 +261,7 @@ def test_shape_mismatch_and_unknown_tensors_are_reported_not_dropped(demo_cfg):
     theirs = authors_checkpoint(demo_cfg, frames=5)
     theirs["doc_fusion_model"]["module.extra_head.weight"] = torch.zeros(2)
     theirs["text_generation_model"] = ddp(GPT2(32, 2, 1))  # their --embedding_size, narrower than this model
-    shapes = conv._model_shapes(DEMO)  # the paper's model: 3 frames, the FTT, the fusion encoder
+    shapes = conv.model_shapes(DEMO)  # the paper's model: 3 frames, the FTT, the fusion encoder
     state, no_counterpart, report = conv.convert(theirs, shapes, conv.ATTENTION)
     assert not any(k.startswith("video_pooling.") for k in state)
     assert any("gpt2_model.transformer.wte.weight (21128, 32) -> text_recon.decoder.transformer.wte.weight (21128, 64)"

@@ -19,6 +19,7 @@ from datasets.sampler import TrainSample
 from datasets.tokenizer import Tokenizer
 from datasets.train_dataset import TrainDataset
 from datasets.transforms import CLIP_MEAN, CLIP_STD
+from tests.helpers import REPO_ROOT
 from utils.config import load_config
 
 torch.set_num_threads(1)
@@ -127,7 +128,7 @@ def test_unreadable_goods_is_counted_logged_once_and_replaced(tmp_path, tokenize
         assert gray_level(out["frames"][0]) == 20
         again = ds[TrainSample(0, 0, "goods", 1)]
         assert torch.equal(again["frames"], out["frames"])
-        assert ds.stats()["unreadable_images"] == 2 and ds.stats()["replaced_samples"] == 2
+        assert ds.raw_counts()["unreadable_images"] == 2 and ds.raw_counts()["replaced_samples"] == 2
 
         # no other item of its own: another query's goods item, never a video
         for epoch in range(6):
@@ -161,7 +162,7 @@ def test_replacements_never_repeat_a_query_of_the_global_batch(tmp_path):
             queries = [ds[sample]["query_index"] for share in shares for sample in share]
             assert len(set(queries)) == len(queries) == 10, (epoch, sorted(queries))
             batches += 1
-    assert batches == 24 and ds.stats()["replaced_samples"] >= 60
+    assert batches == 24 and ds.raw_counts()["replaced_samples"] >= 60
 
 
 def test_video_frames_follow_segments_and_skip_unreadable_frames(tmp_path):
@@ -185,7 +186,7 @@ def test_video_frames_follow_segments_and_skip_unreadable_frames(tmp_path):
     out = ds[TrainSample(0, 0, "video", 6)]
     assert out["pid"] == 6
     assert [gray_level(f) for f in out["frames"]] == [11, 33, 55, 55, 55]
-    assert ds.stats()["unreadable_images"] == 3 and ds.stats()["replaced_samples"] == 0
+    assert ds.raw_counts()["unreadable_images"] == 3 and ds.raw_counts()["replaced_samples"] == 0
 
     assert [gray_level(f) for f in ds[TrainSample(0, 0, "video", 7)]["frames"]] == [70, 80, 90, 90, 90]
 
@@ -211,7 +212,39 @@ def test_malformed_and_missing_texts_are_counted_not_fatal(tmp_path, tokenizer):
     empty = tokenizer([""], 90)[0][0]
     assert torch.equal(ds[TrainSample(0, 0, "goods", 1)]["text_ids"], empty)
     assert torch.equal(ds[TrainSample(0, 0, "goods", 2)]["text_ids"], empty)
-    assert ds.stats()["empty_texts"] == 1 and ds.stats()["unreadable_texts"] == 1
+    assert ds.raw_counts()["empty_texts"] == 1 and ds.raw_counts()["unreadable_texts"] == 1
+
+
+def test_epoch_report_turns_summed_counts_into_scalars_and_lines():
+    counts = {"unreadable_images": 3, "replaced_samples": 2, "unreadable_texts": 1, "empty_texts": 4, "queries": 8,
+              "queries_truncated": 1, "texts": 0, "texts_truncated": 0}
+    scalars, lines = TrainDataset.epoch_report(counts)
+    assert scalars == {"data/unreadable_images": 3, "data/replaced_samples": 2, "data/unreadable_texts": 1,
+                       "data/empty_texts": 4, "data/query_truncation_rate": 0.125, "data/text_truncation_rate": 0.0}
+    assert lines == ["data (all ranks): 3 unreadable images, 2 samples replaced, 1 unreadable and 4 empty texts; "
+                     "12.5 % of 8 queries and 0.0 % of 0 texts cut to their max length"]
+
+    english = {"untranslated_queries": 5, "untranslated_texts": 6, "unescaped_queries": 7, "unescaped_texts": 9}
+    scalars, lines = TrainDataset.epoch_report({**counts, **english})
+    assert {k: scalars[f"data/{k}"] for k in english} == english and len(scalars) == 10
+    assert lines[1] == ("English texts (all ranks): 5 queries kept in Chinese, 6 item texts left out (no English "
+                        "for them, data.english_rule); HTML entities unescaped in 7 queries and 9 item texts")
+
+
+def test_epoch_report_of_raw_count_differences(tmp_path):
+    """The dataset's own counters, differenced over an 'epoch' as the engine does, feed its report."""
+    paths = DatasetPaths(tmp_path)
+    add_goods(paths, 1, 10, image="missing")
+    add_goods(paths, 2, 20, title="长" * 100)
+    ds = train_dataset(paths, [TrainEntry("q", [1, 2], [])])
+    start = ds.raw_counts()
+    ds[TrainSample(0, 0, "goods", 1)]
+    ds[TrainSample(0, 0, "goods", 2)]
+    now = ds.raw_counts()
+    scalars, lines = ds.epoch_report({k: now[k] - start[k] for k in now})
+    assert scalars["data/unreadable_images"] == scalars["data/replaced_samples"] == 1
+    assert scalars["data/text_truncation_rate"] == 1.0 and scalars["data/query_truncation_rate"] == 0.0
+    assert len(lines) == 1 and "100.0 % of 2 texts" in lines[0]
 
 
 def test_collate_train_stacks_one_domain(tmp_path):
@@ -246,7 +279,7 @@ def test_eval_goods_image_is_preprocessed_as_cn_clip_does(tmp_path, structured_i
     add_goods(paths, 1, 10)
     portrait = structured_image(9 * 6, 16 * 6)
     portrait.save(paths.image_path(1), "PNG")
-    list_path = os.path.join(paths.test_dir, "video2goods_gallery.txt")
+    list_path = paths.gallery_list("video2goods")
     write_list(list_path, [(1, "goods", "q", "1/1.jpg", "1/1.txt")])
     frames = eval_dataset(paths, list_path)[0]["frames"]
     assert frames.shape == (1, 3, SIZE, SIZE)
@@ -258,7 +291,7 @@ def test_eval_video_items_take_segment_centres_in_list_order(tmp_path, tokenizer
     levels = [10 * (k + 1) for k in range(10)]
     names_a = add_video(paths, 31, levels, text=("配文", "标题", None))
     names_b = add_video(paths, 32, [5, 15, 25])
-    list_path = os.path.join(paths.test_dir, "video2goods_query.txt")
+    list_path = paths.query_list("video2goods")
     write_list(list_path, [(32, "photo", "q", ",".join(names_b), "32/32.txt"),
                            (31, "video", "q", ",".join(names_a), "31/31.txt")])
     ds = eval_dataset(paths, list_path)
@@ -281,7 +314,7 @@ def test_unreadable_eval_item_is_an_error_unless_skipping(tmp_path):
     add_goods(paths, 1, 10)
     add_goods(paths, 2, 20, image="corrupt")
     add_goods(paths, 3, 30, image="missing")
-    list_path = os.path.join(paths.test_dir, "video2goods_gallery.txt")
+    list_path = paths.gallery_list("video2goods")
     write_list(list_path, [(p, "goods", "q", f"{p}/{p}.jpg", f"{p}/{p}.txt") for p in (1, 2, 3)])
 
     strict = eval_dataset(paths, list_path)
@@ -312,7 +345,7 @@ def test_eval_raw_videos_decode_centres_and_missing_ones_follow_the_skip_rule(tm
         add_video(paths, pid, levels)
     os.makedirs(os.path.dirname(paths.raw_video_path(41)))
     gray_video(paths.raw_video_path(41), levels)
-    list_path = os.path.join(paths.test_dir, "goods2video_gallery.txt")
+    list_path = paths.gallery_list("goods2video")
     write_list(list_path, [(pid, "video", "q", f"{pid}/{pid}_0.jpg", f"{pid}/{pid}.txt") for pid in (41, 42)])
 
     strict = eval_dataset(paths, list_path, frame_source="raw")
@@ -327,7 +360,7 @@ def test_eval_raw_videos_decode_centres_and_missing_ones_follow_the_skip_rule(tm
 # ---- end to end on the generated mini dataset ----
 
 def mini_cfg(root, *overrides):
-    return load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "base.yaml"), [
+    return load_config(os.path.join(REPO_ROOT, "configs", "base.yaml"), [
         f"data.root={root}", "data.image_size=32", "data.num_frames=3", "train.batch_size=4",
         "data.num_workers=0", *overrides])
 
@@ -353,7 +386,7 @@ def test_train_loader_on_mini_dataset(mini_root):
             entry = queries[q]
             assert pid in (entry.goods if batch["domain"] == "goods" else entry.videos)
     assert {b["domain"] for b in batches} == {"goods", "video"}
-    assert loader.dataset.stats()["unreadable_images"] == 0
+    assert loader.dataset.raw_counts()["unreadable_images"] == 0
 
 
 def test_train_loader_workers_share_counts_and_match_single_process(mini_root):
@@ -361,11 +394,11 @@ def test_train_loader_workers_share_counts_and_match_single_process(mini_root):
     workers, _ = build_train_loader(mini_cfg(mini_root, "data.num_workers=2"), 0, 1)
     for a, b in zip(single, workers):  # per-sample seeds: the same batches whichever worker loads them
         assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["text_ids"], b["text_ids"])
-    stats = workers.dataset.stats()
+    stats = workers.dataset.raw_counts()
     # every sample tokenizes one query and one text, in whichever worker
     assert workers.dataset.query_tokenizer.counts["texts"] == workers.dataset.text_tokenizer.counts["texts"]
     assert workers.dataset.text_tokenizer.counts["texts"] == 4 * len(sampler)
-    assert stats["empty_texts"] == single.dataset.stats()["empty_texts"]
+    assert stats["empty_texts"] == single.dataset.raw_counts()["empty_texts"]
 
 
 def test_raw_video_decoding_matches_the_frame_images(mini_root):
@@ -383,7 +416,7 @@ def test_raw_video_decoding_matches_the_frame_images(mini_root):
     ds = train_dataset(paths, [TrainEntry("q", [], [pid])], num_frames=3, image_size=32,
                        frame_source="raw")
     assert ds[TrainSample(0, 0, "video", pid)]["frames"].shape == (3, 3, 32, 32)
-    assert ds.stats()["unreadable_images"] == 0
+    assert ds.raw_counts()["unreadable_images"] == 0
 
 
 def test_eval_datasets_on_mini_dataset(mini_root):

@@ -192,16 +192,16 @@ def test_lines_of_one_query_text_are_merged_counted_and_logged(tmp_path, caplog)
 
 
 def test_the_english_settings_are_checked_with_the_config():
-    import main_cross_domain_emb as entry
+    from engine.checks import validate_config
     from utils.config import SCHEMA_PATH, ConfigError, load_config
 
     assert load_config(SCHEMA_PATH)["data"]["english_rule"] == "per_field"
     with pytest.raises(ConfigError, match="data.english_rule='cut'"):
-        entry.validate_config(load_config(SCHEMA_PATH, ["data.english_rule=cut"]))
+        validate_config(load_config(SCHEMA_PATH, ["data.english_rule=cut"]))
     with pytest.raises(ConfigError, match="data.english_suffix is for the English-text families"):
-        entry.validate_config(load_config(SCHEMA_PATH, ["data.english_suffix=_eng"]))
-    entry.validate_config(load_config(SCHEMA_PATH, ["model.family=clip", "model.fusion.type=add",
-                                                    "data.english_suffix=_eng", "data.english_rule=authors"]))
+        validate_config(load_config(SCHEMA_PATH, ["data.english_suffix=_eng"]))
+    validate_config(load_config(SCHEMA_PATH, ["model.family=clip", "model.fusion.type=add",
+                                              "data.english_suffix=_eng", "data.english_rule=authors"]))
 
 
 def test_merged_lines_take_the_first_english_of_a_line_aligned_file(tmp_path):

@@ -13,8 +13,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from evaluate import pipeline
 from evaluate.extract import FEATURES, extract_features, merged_paths, shard_paths
 from evaluate.features import load_features, write_shard
+from tests.helpers import REPO_ROOT
+
+DEMO = os.path.join(REPO_ROOT, "configs", "demo.yaml")
 
 NUM_ITEMS = 7  # not a multiple of the 2 ranks: one rank gets a padding item
 
@@ -154,33 +158,31 @@ def test_non_finite_rows_on_disk_are_refused_naming_file_and_row(tmp_path):
 
 
 def test_a_missing_neighbour_is_never_turned_into_a_gallery_id(tmp_path, monkeypatch):
-    import evaluation
     from evaluate.features import save_features
 
     save_features(str(tmp_path / "q.npy"), str(tmp_path / "q.txt"), np.eye(2, 3, dtype=np.float32), [1, 2])
     save_features(str(tmp_path / "g.npy"), str(tmp_path / "g.txt"), np.eye(3, dtype=np.float32), [7, 8, 9])
     (tmp_path / "gt.txt").write_text("1\t7\n2\t8\n")
     # what an approximate index returns when it finds fewer than k neighbours
-    monkeypatch.setattr(evaluation, "search_gallery", lambda q, g, k, **options: (
+    monkeypatch.setattr(pipeline, "search_gallery", lambda q, g, k, **options: (
         np.array([[1.0, 0, -np.inf]] * 2, dtype=np.float32), np.array([[0, 2, -1], [1, 2, -1]])))
-    evaluation.search_and_score(str(tmp_path / "q.npy"), str(tmp_path / "q.txt"), str(tmp_path / "g.npy"),
-                                str(tmp_path / "g.txt"), str(tmp_path / "gt.txt"), str(tmp_path / "r.json"), (3,))
+    pipeline.search_and_score(str(tmp_path / "q.npy"), str(tmp_path / "q.txt"), str(tmp_path / "g.npy"),
+                              str(tmp_path / "g.txt"), str(tmp_path / "gt.txt"), str(tmp_path / "r.json"), (3,))
     ranking = np.load(tmp_path / "ranking.npz")
     np.testing.assert_array_equal(ranking["gallery_ids"], [[7, 9, -1], [8, 9, -1]])
 
 
 def test_evaluate_direction_on_the_mini_dataset(mini_root, tmp_path):
-    """extract -> search -> page of evaluation.py with the tiny demo model, all three features in one pass."""
+    """extract -> search -> page of evaluate.pipeline with the tiny demo model, all three features in one pass."""
     import json
 
-    import evaluation
     from datasets.annotations import DatasetPaths, parse_item_list
     from utils.config import load_config
 
     torch.set_num_threads(1)
-    cfg = load_config("configs/demo.yaml", [f"data.root={mini_root}", f"output_dir={tmp_path}", "eval.feature=all",
+    cfg = load_config(DEMO, [f"data.root={mini_root}", f"output_dir={tmp_path}", "eval.feature=all",
                                             "eval.page_queries=2", "eval.dtype=float32"])
-    results = evaluation.evaluate_direction(cfg)
+    results = pipeline.evaluate_direction(cfg)
     paths = DatasetPaths(mini_root)
     queries = [i.pid for i in parse_item_list(paths.query_list("video2goods"))]
     gallery = [i.pid for i in parse_item_list(paths.gallery_list("video2goods"))]
@@ -199,15 +201,13 @@ def test_evaluate_direction_on_the_mini_dataset(mini_root, tmp_path):
 
 
 def test_feature_folder_identity_follows_every_input_of_the_features(tmp_path):
-    import os
-
-    from evaluation import features_made_by
+    from evaluate.pipeline import features_made_by
     from utils.config import load_config
 
     ckpt, lst = tmp_path / "checkpoint_latest.pth.tar", tmp_path / "query.txt"
     ckpt.write_bytes(b"first")
     lst.write_text("1\tgoods\ta.jpg\ta.txt\n")
-    cfg = load_config("configs/demo.yaml", [f"eval.checkpoint={ckpt}"])
+    cfg = load_config(DEMO, [f"eval.checkpoint={ckpt}"])
     before = features_made_by(cfg, str(lst))
     assert features_made_by(cfg, str(lst)) == before
     stamp = os.stat(ckpt)
@@ -220,7 +220,7 @@ def test_feature_folder_identity_follows_every_input_of_the_features(tmp_path):
     lst.write_text("1\tgoods\ta.jpg\ta.txt\n")
     assert features_made_by(cfg, str(lst)) == before
     for override in ("data.skip_unreadable_eval=true", "model.video.pooling=mean", "seed=1", "data.image_size=64"):
-        changed = load_config("configs/demo.yaml", [f"eval.checkpoint={ckpt}", override])
+        changed = load_config(DEMO, [f"eval.checkpoint={ckpt}", override])
         assert features_made_by(changed, str(lst)) != before, override
 
 
@@ -229,9 +229,8 @@ def test_feature_folder_identity_follows_every_input_of_the_features(tmp_path):
     (None, "error: list file not found: "),
 ])
 def test_evaluation_cli_reports_bad_input_in_one_line(tmp_path, override, message):
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, os.path.join(repo, "evaluation.py"), "run", "--config",
-           os.path.join(repo, "configs", "demo.yaml"), f"data.root={tmp_path}"] + ([override] if override else [])
+    cmd = [sys.executable, os.path.join(REPO_ROOT, "evaluation.py"), "run", "--config", DEMO,
+           f"data.root={tmp_path}"] + ([override] if override else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith(message) and "\n" not in proc.stderr.strip()

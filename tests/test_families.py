@@ -1,7 +1,7 @@
-"""The backbone families of Table 2 (models.families) on tiny random models saved in each family's release
-format (conftest.family_weights): the features are the libraries' own, the tokenizers give the libraries'
-ids, the weights and sizes are checked with messages naming the setting, freezing and the visual parameter
-group select the right tower."""
+"""The backbone families of Table 2 (models.families, models.weights, datasets.families) on tiny random models
+saved in each family's release format (the family_weights fixture of conftest.py): the features are the libraries'
+own, the tokenizers give the libraries' ids, the weights and sizes are checked with messages naming the setting,
+freezing and the visual parameter group select the right tower."""
 import os
 import pickle
 
@@ -11,18 +11,32 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from datasets.counters import SharedCounters
+from datasets.families import ENGLISH_FAMILIES, FAMILIES, build_tokenizer, image_stats
 from datasets.tokenizer import Tokenizer
 from datasets.transforms import CLIP_MEAN, CLIP_STD
-from models.families import (ENGLISH_FAMILIES, FAMILIES, WEIGHTS_HELP, build_backbone, build_tokenizer,
-                             check_weights, image_stats)
-from tests.conftest import (FAMILY_CONTEXT_LENGTH, FASHION_STATS, family_cfg, save_cyclip_checkpoint,
+from models import backbone_spec, build_model
+from models.families import BACKBONES, build_backbone
+from models.weights import WEIGHTS_HELP, check_weights
+from tests.helpers import (FAMILY_CONTEXT_LENGTH, FASHION_STATS, family_cfg, save_cyclip_checkpoint,
                             tiny_clip_tokenizer)
 
 TEXTS = ["Red hat!", "", "running shoes for men, size 42, black and white leather"]
 
 
+def built(cfg):
+    return build_backbone(backbone_spec(cfg))
+
+
 def backbone(family, family_weights, *overrides):
-    return build_backbone(family_cfg(family, family_weights(family), *overrides))
+    return built(family_cfg(family, family_weights(family), *overrides))
+
+
+def tokenizer_of(cfg):
+    return build_tokenizer(cfg["model"]["family"], cfg["model"]["backbone"]["pretrained"])
+
+
+def stats_of(cfg):
+    return image_stats(cfg["model"]["family"], cfg["model"]["backbone"]["pretrained"], cfg["data"]["preprocess"])
 
 
 def library_model(family, path):
@@ -61,9 +75,9 @@ def text_projection(family, model, states):
 def test_features_are_the_librarys_own(family, family_weights):
     path = family_weights(family)
     cfg = family_cfg(family, path)
-    bb = build_backbone(cfg).eval()
+    bb = built(cfg).eval()
     ref = library_model(family, path)
-    ids, mask = build_tokenizer(cfg["model"])(TEXTS, cfg["data"]["query_max_len"])
+    ids, mask = tokenizer_of(cfg)(TEXTS, cfg["data"]["query_max_len"])
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         proj, hidden, kept = bb.encode_text(ids, mask)
@@ -77,7 +91,7 @@ def test_features_are_the_librarys_own(family, family_weights):
         end = mask.sum(dim=1) - 1
         assert_close(text_projection(family, ref, hidden[torch.arange(3), end]), expected)
         # padding changes nothing
-        longer_ids, longer_mask = build_tokenizer(cfg["model"])(TEXTS[:2], cfg["data"]["text_max_len"])
+        longer_ids, longer_mask = tokenizer_of(cfg)(TEXTS[:2], cfg["data"]["text_max_len"])
         assert_close(bb.encode_text(longer_ids, longer_mask)[0], proj[:2])
 
         proj, tokens = bb.encode_frames(images)
@@ -91,7 +105,7 @@ def test_features_are_the_librarys_own(family, family_weights):
         assert_close(proj, expected)
         assert tokens.shape == (3, 1 + bb.num_patches, bb.vision_width)
     assert (bb.embed_dim, bb.image_size, bb.context_length) == (64, 32, FAMILY_CONTEXT_LENGTH)
-    assert bb.vocab_size == build_tokenizer(cfg["model"]).vocab_size
+    assert bb.vocab_size == tokenizer_of(cfg).vocab_size
 
 
 def test_xclip_runs_one_frame_videos_whatever_the_checkpoint_says(family_weights):
@@ -114,7 +128,7 @@ def test_cyclip_keeps_the_checkpoints_float32_weights(family_weights):
 
 def test_cyclip_vit_checkpoint(family_weights, tmp_path):
     path = save_cyclip_checkpoint(str(tmp_path / "vit.pt"), vit=True)
-    bb = build_backbone(family_cfg("cyclip", path)).eval()
+    bb = built(family_cfg("cyclip", path)).eval()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         proj, tokens = bb.encode_frames(images)
@@ -127,7 +141,7 @@ def test_cyclip_vit_checkpoint(family_weights, tmp_path):
 @pytest.mark.parametrize("family", ["clip", "xclip", "cyclip"])
 def test_gradient_checkpointing_gives_the_same_gradients(family, family_weights):
     cfg = family_cfg(family, family_weights(family))
-    ids, mask = build_tokenizer(cfg["model"])(TEXTS, 12)
+    ids, mask = tokenizer_of(cfg)(TEXTS, 12)
     images = torch.randn(2, 3, 32, 32)
     grads = []
     for flag in ("false", "true"):
@@ -140,8 +154,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(family, family_weights)
 
 
 def test_chinese_clip_follows_the_protocol():
-    bb = build_backbone(family_cfg("chinese_clip", None)).eval()
-    tok = build_tokenizer(family_cfg("chinese_clip", None)["model"])
+    bb = built(family_cfg("chinese_clip", None)).eval()
+    tok = tokenizer_of(family_cfg("chinese_clip", None))
     assert isinstance(tok, Tokenizer) and bb.vocab_size == tok.vocab_size
     assert bb.context_length == 512 and (bb.embed_dim, bb.image_size) == (64, 32)
     visual = [n for n, _ in bb.named_parameters() if n.startswith(bb.visual_prefixes)]
@@ -153,7 +167,7 @@ def test_chinese_clip_follows_the_protocol():
 @pytest.mark.parametrize("family", ENGLISH_FAMILIES)
 def test_only_chinese_clip_keeps_an_intermediate_text_state(family, family_weights):
     bb = backbone(family, family_weights)
-    ids, mask = build_tokenizer(family_cfg(family, family_weights(family))["model"])(TEXTS, 12)
+    ids, mask = tokenizer_of(family_cfg(family, family_weights(family)))(TEXTS, 12)
     with pytest.raises(ValueError, match="model.fusion.type=fusion"):
         bb.encode_text(ids, mask, keep_layer=1)
 
@@ -176,7 +190,7 @@ def library_ids(family, path, text, max_len):
 @pytest.mark.parametrize("family", ENGLISH_FAMILIES)
 def test_english_tokenizers_give_the_librarys_ids(family, family_weights):
     path = family_weights(family)
-    tok = build_tokenizer(family_cfg(family, path)["model"])
+    tok = tokenizer_of(family_cfg(family, path))
     long_text = "word " * 40
     ids, mask = tok([TEXTS[0], long_text], 12)
     assert ids.shape == mask.shape == (2, 12) and ids.dtype == mask.dtype == torch.long
@@ -194,9 +208,20 @@ def test_english_tokenizers_give_the_librarys_ids(family, family_weights):
         assert (tok.vocab_size, tok.pad_id) == (49408, 0)
 
 
+@pytest.mark.parametrize("family", ENGLISH_FAMILIES)
+def test_text_reconstruction_records_the_family_tokenizer_ids(family, family_weights):
+    cfg = family_cfg(family, family_weights(family))
+    assert cfg["loss"]["recon"]
+    torch.manual_seed(0)
+    config = build_model(cfg).text_recon.decoder.config
+    tok = tokenizer_of(cfg)
+    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (tok.start_id, tok.end_id, tok.pad_id)
+    assert config.bos_token_id not in (101, 102)  # cn_clip's [CLS] and [SEP]
+
+
 @pytest.mark.parametrize("family", ["chinese_clip", *ENGLISH_FAMILIES])
 def test_tokenizers_are_picklable(family, family_weights):
-    tok = build_tokenizer(family_cfg(family, None if family == "chinese_clip" else family_weights(family))["model"])
+    tok = tokenizer_of(family_cfg(family, None if family == "chinese_clip" else family_weights(family)))
     # the shared-memory counters travel to DataLoader workers by inheritance, never by pickle
     state = {k: v for k, v in vars(tok).items() if k != "counts"}
     clone = object.__new__(type(tok))
@@ -207,8 +232,9 @@ def test_tokenizers_are_picklable(family, family_weights):
 # ----------------------------------------------------------------------------- weights and sizes
 
 
-def model_cfg(family, path):
-    return {"family": family, "backbone": {"pretrained": None if path is None else str(path)}}
+def weights_of(family, path):
+    """(model.family, model.backbone.pretrained)"""
+    return family, None if path is None else str(path)
 
 
 def assert_names_weights(err, family, shown):
@@ -223,43 +249,43 @@ def test_hf_families_need_a_save_pretrained_folder(family, tmp_path):
     a_file.write_bytes(b"")
     for path, what in [(missing, "folder not found"), (empty, "no config.json"), (a_file, "not a folder")]:
         with pytest.raises(FileNotFoundError, match=what) as err:
-            check_weights(model_cfg(family, path))
+            check_weights(*weights_of(family, path))
         assert_names_weights(err, family, path)
     with pytest.raises(FileNotFoundError) as err:
-        check_weights(model_cfg(family, None))
+        check_weights(*weights_of(family, None))
     assert_names_weights(err, family, "null")
 
 
 def test_a_folder_of_another_model_is_refused(family_weights):
     with pytest.raises(ValueError, match="config.json describes a 'clip' model, model.family=xclip expects 'xclip'"):
-        check_weights(model_cfg("xclip", family_weights("clip")))
-    check_weights(model_cfg("fashionclip", family_weights("clip")))
+        check_weights(*weights_of("xclip", family_weights("clip")))
+    check_weights(*weights_of("fashionclip", family_weights("clip")))
 
 
 def test_cyclip_needs_its_checkpoint_file(tmp_path, family_weights):
     for path, what in [(tmp_path / "cyclip.pt", "file not found"), (tmp_path, "a folder")]:
         with pytest.raises(FileNotFoundError, match=what) as err:
-            check_weights(model_cfg("cyclip", path))
+            check_weights(*weights_of("cyclip", path))
         assert_names_weights(err, "cyclip", path)
     with pytest.raises(FileNotFoundError) as err:
-        check_weights(model_cfg("cyclip", None))
+        check_weights(*weights_of("cyclip", None))
     assert_names_weights(err, "cyclip", "null")
-    check_weights(model_cfg("cyclip", family_weights("cyclip")))
+    check_weights(*weights_of("cyclip", family_weights("cyclip")))
 
 
 def test_chinese_clip_may_start_from_random_weights(tmp_path):
-    check_weights(model_cfg("chinese_clip", None))
+    check_weights(*weights_of("chinese_clip", None))
     with pytest.raises(FileNotFoundError, match="file not found") as err:
-        check_weights(model_cfg("chinese_clip", tmp_path / "clip_cn_vit-b-16.pt"))
+        check_weights(*weights_of("chinese_clip", tmp_path / "clip_cn_vit-b-16.pt"))
     assert_names_weights(err, "chinese_clip", tmp_path / "clip_cn_vit-b-16.pt")
-    assert set(WEIGHTS_HELP) == set(FAMILIES)
+    assert set(WEIGHTS_HELP) == set(FAMILIES) == set(BACKBONES)
 
 
 def test_a_cyclip_file_of_something_else_is_named(tmp_path, family_weights):
     bad = tmp_path / "not_clip.pt"
     torch.save({"state_dict": {"module.fc.weight": torch.zeros(2, 2)}}, bad)
     with pytest.raises(ValueError, match=f"model.backbone.pretrained={bad}: not an OpenAI-CLIP state dict"):
-        build_backbone(family_cfg("cyclip", str(bad)))
+        built(family_cfg("cyclip", str(bad)))
 
 
 @pytest.mark.parametrize("family", ENGLISH_FAMILIES)
@@ -293,7 +319,7 @@ def test_visual_prefixes_are_exactly_the_vision_tower(family, family_weights):
     """Parameters under visual_prefixes are those the frames reach; every other trained one is reached by
     the text (DDP without find_unused_parameters needs every trained parameter used)."""
     bb = backbone(family, family_weights).train()
-    ids, mask = build_tokenizer(family_cfg(family, family_weights(family))["model"])(TEXTS, 12)
+    ids, mask = tokenizer_of(family_cfg(family, family_weights(family)))(TEXTS, 12)
     by_frames = used_parameters(bb, lambda: bb.encode_frames(torch.randn(2, 3, 32, 32)))
     by_text = used_parameters(bb, lambda: bb.encode_text(ids, mask))
     trained = {n for n, p in bb.named_parameters() if p.requires_grad}
@@ -318,12 +344,12 @@ def test_freeze(family, family_weights):
 
 
 def test_image_stats_come_from_the_preprocessor_config(family_weights):
-    fashion = family_cfg("fashionclip", family_weights("fashionclip"))["model"]
-    assert image_stats(fashion) == (tuple(FASHION_STATS["image_mean"]), tuple(FASHION_STATS["image_std"]))
+    fashion = family_cfg("fashionclip", family_weights("fashionclip"))
+    assert stats_of(fashion) == (tuple(FASHION_STATS["image_mean"]), tuple(FASHION_STATS["image_std"]))
     assert not os.path.exists(os.path.join(family_weights("clip"), "preprocessor_config.json"))
     for family in ("clip", "cyclip"):
-        assert image_stats(family_cfg(family, family_weights(family))["model"]) == (CLIP_MEAN, CLIP_STD)
-    assert image_stats(family_cfg("chinese_clip", None)["model"]) == (CLIP_MEAN, CLIP_STD)
+        assert stats_of(family_cfg(family, family_weights(family))) == (CLIP_MEAN, CLIP_STD)
+    assert stats_of(family_cfg("chinese_clip", None)) == (CLIP_MEAN, CLIP_STD)
 
 
 def test_image_stats_of_a_processor_saved_by_transformers_5(family_weights, tmp_path):
@@ -335,5 +361,5 @@ def test_image_stats_of_a_processor_saved_by_transformers_5(family_weights, tmp_
     processor = CLIPProcessor(image_processor=CLIPImageProcessor(**FASHION_STATS), tokenizer=tiny_clip_tokenizer())
     processor.save_pretrained(str(folder))
     assert not os.path.exists(folder / "preprocessor_config.json")
-    stats = image_stats(model_cfg("clip", folder))
+    stats = image_stats(*weights_of("clip", folder), "cn_clip")
     assert stats == (tuple(FASHION_STATS["image_mean"]), tuple(FASHION_STATS["image_std"]))

@@ -87,12 +87,11 @@ def test_authors_names_read_the_same_annotations(mini_root, authors_root):
 
 def test_train_loader_and_eval_lists_follow_the_config(mini_root, authors_root):
     from datasets import build_eval_dataset
-    from evaluation import data_paths
 
     cfg = authors_cfg(authors_root, "data.num_workers=0", "train.batch_size=4")
     loader, _ = build_train_loader(cfg, 0, 1)
     assert list(loader.dataset.entries) == parse_train_file(DatasetPaths(mini_root).train_file)
-    paths = data_paths(cfg)
+    paths = DatasetPaths.from_config(cfg["data"])
     query = build_eval_dataset(cfg, paths.query_list("goods2video"), "goods")
     assert [i.pid for i in query.items] == [i.pid for i in parse_item_list(
         DatasetPaths(mini_root).query_list("goods2video"))]
@@ -123,7 +122,8 @@ def test_a_wrong_name_names_the_key_and_the_full_path(authors_root, key):
         with pytest.raises(FileNotFoundError) as err:
             build_train_loader(cfg, 0, 1)
     else:
-        from evaluation import search_direction
+        from evaluate.pipeline import search_direction
+
         with pytest.raises(FileNotFoundError) as err:
             search_direction(cfg)
     assert missing in str(err.value) and key in str(err.value)
@@ -188,19 +188,18 @@ def test_training_and_pretraining_read_the_moved_folders(mini_root, moved_root):
         assert {b["domain"] for b in batches} == {"goods", "video"}
         for a, b in zip(batches, default_loader, strict=True):
             same_batches(a, b)
-        stats = moved_loader.dataset.stats()
-        assert stats == default_loader.dataset.stats()
+        stats = moved_loader.dataset.raw_counts()
+        assert stats == default_loader.dataset.raw_counts()
         assert stats["unreadable_images"] == stats["unreadable_texts"] == 0
 
 
 def test_evaluation_the_page_and_the_validator_read_the_moved_folders(mini_root, moved_root, tmp_path):
     from datasets import build_eval_dataset
     from evaluate.page import dataset_items
-    from evaluation import data_paths
 
     root, roots = moved_root
     moved, default = roots_cfg(root, roots), roots_cfg(mini_root, {})
-    paths = data_paths(moved)
+    paths = DatasetPaths.from_config(moved["data"])
     for direction in DIRECTIONS:
         for list_path, domain in ((paths.query_list(direction), QUERY_DOMAIN[direction]),
                                   (paths.gallery_list(direction), GALLERY_DOMAIN[direction])):
@@ -243,4 +242,4 @@ def test_one_folder_for_both_domains_as_in_the_authors_scripts(mini_root, tmp_pa
     loader, _ = build_train_loader(roots_cfg(root, roots), 0, 1)
     assert [b["pids"].tolist() for b in loader] == [b["pids"].tolist() for b in build_train_loader(
         roots_cfg(mini_root, {}), 0, 1)[0]]
-    assert loader.dataset.stats()["unreadable_images"] == loader.dataset.stats()["unreadable_texts"] == 0
+    assert loader.dataset.raw_counts()["unreadable_images"] == loader.dataset.raw_counts()["unreadable_texts"] == 0

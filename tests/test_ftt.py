@@ -7,9 +7,10 @@ import torch.nn.functional as F
 
 from models import build_model
 from models.ftt import FrameTemporalTransformer
+from tests.helpers import REPO_ROOT
 from utils.config import load_config
 
-DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.yaml")
+DEMO = os.path.join(REPO_ROOT, "configs", "demo.yaml")
 
 
 def different_frames(batch, frames, dim, norm, seed=0):

@@ -5,7 +5,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -67,12 +66,19 @@ def test_relative_paths_are_the_callers_from_training_to_evaluation(mini_root, t
 ])
 def test_a_missing_file_stops_the_launch_before_torchrun(mini_root, tmp_path, script, args, message):
     args = [a.format(cwd=tmp_path, mini=mini_root) for a in args]
-    start = time.time()
-    proc = launch(script, *([DEMO] if script == "train.sh" else []), *args, cwd=tmp_path)
+    # the scripts' python, recording each of its command lines
+    calls = tmp_path / "calls.txt"
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    proc = launch(script, *([DEMO] if script == "train.sh" else []), *args, cwd=tmp_path, PYTHON=str(python))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(message.format(cwd=tmp_path)), proc.stderr[-2000:]
     assert "ChildFailedError" not in proc.stderr and "Traceback" not in proc.stderr
-    assert time.time() - start < 30  # what torch's import costs, never a model build on every rank
+    # one call, the check of main_cross_domain_emb.py: no torchrun, no worker, no model built
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 1 and "main_cross_domain_emb.py --config" in lines[0] and "--check" in lines[0], lines
+    assert sorted(os.listdir(tmp_path)) == sorted(["calls.txt", "python"])  # nothing written by a run
 
 
 def test_the_evaluation_scripts_explain_their_arguments(tmp_path):

@@ -8,12 +8,12 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from datasets.annotations import (DIRECTIONS, DatasetPaths, parse_gt, parse_item_list, parse_train_file,
-                                  read_frame_ids, read_goods_text, read_queries, read_video_text)
+from datasets.annotations import (DIRECTIONS, DatasetPaths, iter_lines, parse_gt, parse_item_list, parse_train_file,
+                                  read_frame_ids, read_goods_text, read_video_text)
 from datasets.validate import main as validate_main
 from datasets.validate import validate
 from scripts.make_mini_dataset import CATEGORIES, COLOURS, generate, render_goods
-from tests.conftest import MINI_SIZES
+from tests.helpers import MINI_SIZES
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
@@ -37,7 +37,7 @@ def test_generated_dataset_passes_the_validator(mini_root):
     report = validate(mini_root, decode_images=True)
     assert report.ok, report.format()
     # the only warnings are the deliberately truncated goods texts
-    assert report.kinds("warning") <= {"goods text with 6 lines expected"}
+    assert set(report.totals["warning"]) <= {"goods text with 6 lines expected"}
     c = report.counts
     assert c["train lines"] == MINI_SIZES["num_queries"]
     for d in DIRECTIONS:
@@ -90,7 +90,7 @@ def test_validator_catches_planted_violations(mini_root, tmp_path, capsys):
 
     report = validate(root, decode_images=True)
     assert not report.ok
-    found = {kind: "\n".join(report.problems["error"][kind]) for kind in report.kinds()}
+    found = {kind: "\n".join(report.problems["error"][kind]) for kind in report.totals["error"]}
     assert f"train.txt:{goods_line}: expected image" in found["missing image"]
     assert f"train.txt:{bad_train_line}: expected 3 or 4 tab-separated fields" in found["bad train line"]
     assert "video2goods_query.txt:2: expected domain video, got goods" in found["wrong domain"]
@@ -123,7 +123,7 @@ def test_validator_follows_the_recall_rule_for_gt_lines(mini_root, tmp_path):
         f.write("\n".join(lines))
     (dropped,) = set(before) - set(parse_gt(gt))
     report = validate(root, max_items=3)
-    assert report.kinds() == {"query without gt line"}
+    assert set(report.totals["error"]) == {"query without gt line"}
     assert f"query {dropped} has no line in {gt}" in report.problems["error"]["query without gt line"][0]
     assert report.problems["warning"]["gt query without any relevant item in the gallery"] == [
         f"{gt}:1: query {next(iter(parse_gt(gt)))} will score 0 at every K"]
@@ -171,7 +171,7 @@ def test_raw_videos_decode_to_their_frames(mini_root):
 
 def test_texts_are_chinese_noisy_and_use_the_format_options(mini_root):
     p = DatasetPaths(mini_root)
-    queries = read_queries(p.queries)
+    queries = [line.strip() for _, line in iter_lines(p.queries)]
     assert len(queries) == MINI_SIZES["num_queries"] + 2 * MINI_SIZES["num_test_queries"]
     assert all(CJK.search(q) for q in queries)
     video_texts = [read_video_text(p.text_path("video", item.pid)) for item in parse_item_list(p.gallery_list("goods2video"))]

@@ -5,12 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import build_model
+from engine.checks import validate_config
+from engine.trainer import build_optimizer
+from models import backbone_spec, build_model
 from models.backbone import CNClipBackbone
-from tests.conftest import TINY
-from utils.config import load_config
+from tests.helpers import REPO_ROOT, TINY
+from utils.config import ConfigError, load_config
 
-BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "base.yaml")
+BASE = os.path.join(REPO_ROOT, "configs", "base.yaml")
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +81,7 @@ def test_full_size_checkpoint_gives_cn_clip_features(tmp_path):
 
 
 def test_checkpoint_formats_and_errors(tmp_path):
-    source = CNClipBackbone(tiny_cfg())
+    source = CNClipBackbone(backbone_spec(tiny_cfg()))
     state = source.clip.state_dict()
     bare = tmp_path / "bare.pt"
     torch.save(state, bare)
@@ -176,11 +178,33 @@ def test_variants_train_every_parameter(extra):
         torch.testing.assert_close(item["fused"], F.normalize(item["visual"] + item["text"], dim=-1))
 
 
+def test_every_registered_pooling_and_fusion_passes_the_config_check_and_builds():
+    from models.fusion import FUSIONS
+    from models.video_pooling import POOLINGS
+
+    built = {}
+    for key, names, part in (("model.video.pooling", POOLINGS, "video_pooling"),
+                             ("model.fusion.type", FUSIONS, "fusion")):
+        for name in names:
+            cfg = tiny_cfg(f"{key}={name}")
+            validate_config(cfg)
+            torch.manual_seed(0)
+            built[key, name] = type(getattr(build_model(cfg), part)).__name__
+    assert built == {
+        ("model.video.pooling", "add"): "SumPooling", ("model.video.pooling", "mean"): "MeanPooling",
+        ("model.video.pooling", "lstm"): "LSTMPooling", ("model.video.pooling", "ftt"): "FrameTemporalTransformer",
+        ("model.video.pooling", "mit"): "MITPooling", ("model.fusion.type", "add"): "AddFusion",
+        ("model.fusion.type", "attention"): "AttentionFusion", ("model.fusion.type", "combiner"): "Combiner",
+        ("model.fusion.type", "fusion"): "FusionEncoder"}
+
+
 def test_bad_config_values_are_clear_errors():
     with pytest.raises(ValueError, match="model.fusion.num_layers=6"):
         build_model(load_config(BASE, TINY + ["model.fusion.num_layers=6"]))
-    with pytest.raises(ValueError, match="model.video.pooling"):
-        tiny_model("model.video.pooling=gru")
+    # the builders look names up in their registries; the config check derives the allowed values from them
+    with pytest.raises(ConfigError, match="model.video.pooling='gru': expected one of .'add', 'mean', 'lstm', "
+                                          "'ftt', 'mit'.$"):
+        validate_config(tiny_cfg("model.video.pooling=gru"))
     cfg = tiny_cfg()
     cfg["model"]["backbone"]["overrides"]["image_resolution"] = 64
     with pytest.raises(ValueError, match="data.image_size=32"):
@@ -206,6 +230,15 @@ def test_text_reconstruction_is_causal_and_conditioned_on_v_cls():
     torch.testing.assert_close(changed[:, :4], base[:, :4])
     assert (changed[:, 4] - base[:, 4]).abs().max() > 1e-4
     assert (other_v[:, 0] - base[:, 0]).abs().max() > 1e-4
+
+
+def test_text_reconstruction_records_the_tokenizer_ids():
+    from datasets.tokenizer import Tokenizer
+
+    config = tiny_model().text_recon.decoder.config
+    tokenizer = Tokenizer()
+    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (101, 102, 0)  # cn_clip's vocab.txt
+    assert (tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id) == (101, 102, 0)
 
 
 def test_vision_reconstruction_needs_u_cls():
@@ -249,18 +282,20 @@ def test_frozen_parts_get_no_gradient_and_no_optimizer_group():
     for name, p in model.backbone.clip.named_parameters():
         assert p.grad is None, name
     assert all(p.grad is not None and p.grad.any() for p in model.fusion.parameters())
-    groups = model.param_groups(cfg)
+    groups = model.param_groups()
     assert [g["name"] for g in groups] == ["recon", "other"]
     in_groups = {id(p) for g in groups for p in g["params"]}
     assert in_groups == {id(p) for p in model.parameters() if p.requires_grad}
 
 
 def test_param_groups_learning_rates():
-    cfg = tiny_cfg()
+    cfg = tiny_cfg("train.lr=3e-4", "train.lr_visual=2e-5", "train.lr_recon=7e-6", "train.weight_decay=0.01")
     model = build_model(cfg)
-    groups = {g["name"]: g for g in model.param_groups(cfg)}
-    assert groups["visual"]["lr"] == cfg["train"]["lr_visual"] and groups["recon"]["lr"] == cfg["train"]["lr_recon"]
-    assert groups["other"]["lr"] == cfg["train"]["lr"]
+    assert [sorted(g) for g in model.param_groups()] == [["name", "params"]] * 3
+    groups = {g["name"]: g for g in build_optimizer(cfg, model).param_groups}
+    assert list(groups) == ["visual", "recon", "other"]
+    assert groups["visual"]["lr"] == 2e-5 and groups["recon"]["lr"] == 7e-6 and groups["other"]["lr"] == 3e-4
+    assert all(g["weight_decay"] == 0.01 for g in groups.values())
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(names[id(p)].startswith("backbone.clip.visual.") for p in groups["visual"]["params"])
     assert all(names[id(p)].startswith(("text_recon.", "vision_recon.")) for p in groups["recon"]["params"])
@@ -306,7 +341,7 @@ def test_tiny_model_overfits_one_batch_of_the_mini_dataset(mini_root):
     assert batch["frames"].shape == (8, 3, 3, 32, 32)
     torch.manual_seed(0)
     model = build_model(cfg)
-    opt = torch.optim.Adam(model.param_groups(cfg))
+    opt = build_optimizer(cfg, model)
     first = None
     for _ in range(80):
         out = model(batch)

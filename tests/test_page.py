@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import evaluation
 from datasets.annotations import DatasetPaths, parse_gt, parse_item_list
+from evaluate import pipeline
 from evaluate.features import save_features
 from evaluate.page import COLORS, build_page, dataset_items
 
@@ -28,8 +28,8 @@ def _search_mini(root, out):
         g[row[gt[qid][0]]] = q[i]
     save_features(str(out / "q.npy"), str(out / "q.txt"), q, queries)
     save_features(str(out / "g.npy"), str(out / "g.txt"), g, gallery)
-    evaluation.search_and_score(str(out / "q.npy"), str(out / "q.txt"), str(out / "g.npy"), str(out / "g.txt"),
-                                paths.gt_file("video2goods"), str(out / "results.json"), [1, 5])
+    pipeline.search_and_score(str(out / "q.npy"), str(out / "q.txt"), str(out / "g.npy"), str(out / "g.txt"),
+                              paths.gt_file("video2goods"), str(out / "results.json"), [1, 5])
     return paths, gt
 
 
@@ -117,17 +117,18 @@ def test_page_shows_the_runs_recall_and_where_each_query_finds_its_first_correct
 
 
 def test_make_page_heads_the_page_with_the_runs_recall(mini_root, tmp_path):
-    """evaluation.make_page reads results.json from the folder of ranking.npz."""
+    """pipeline.make_page reads results.json from the folder of ranking.npz."""
     import json
 
+    from tests.helpers import REPO_ROOT
     from utils.config import load_config
 
-    cfg = load_config("configs/demo.yaml", [f"data.root={mini_root}", f"output_dir={tmp_path}", "eval.feature=fused",
+    cfg = load_config(os.path.join(REPO_ROOT, "configs", "demo.yaml"), [f"data.root={mini_root}", f"output_dir={tmp_path}", "eval.feature=fused",
                                             "eval.page_queries=2", "eval.page_topk=3"])
-    d = tmp_path / evaluation.out_dir(cfg, "fused")  # an absolute path under tmp_path
+    d = tmp_path / pipeline.out_dir(cfg, "fused")  # an absolute path under tmp_path
     d.mkdir(parents=True)
     _search_mini(mini_root, d)
-    text = open(evaluation.make_page(cfg), encoding="utf-8").read()
+    text = open(pipeline.make_page(cfg), encoding="utf-8").read()
     recall = json.loads((d / "results.json").read_text())["recall"]
     assert text.count('class="row"') == 2 and f"R@1 {recall['1']:.2f}  R@5 {recall['5']:.2f}" in text
 

@@ -6,13 +6,14 @@ import os
 import pytest
 import torch
 
-import main_cross_domain_emb as entry
-from models import build_pretrain_model
+from engine.checks import validate_config
+from engine.trainer import build_optimizer
+from models import backbone_spec, build_pretrain_model
 from models.backbone import CNClipBackbone
-from tests.conftest import TINY
+from tests.helpers import REPO_ROOT, TINY
 from utils.config import ConfigError, load_config
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = os.path.join(REPO_ROOT, "configs")
 # group -> lr of each shipped config, the authors' base 1e-2 times their factors (text 1e-2, image 1e-3, new 1)
 EXPECTED = {
     "pretrain_real400k.yaml": {"visual": 1e-5, "text": 1e-4, "new": 1e-2},
@@ -26,7 +27,8 @@ def cn_clip_checkpoint(tmp_path_factory):
     that a parameter equal to one of them was copied from it."""
     cfg = load_config(os.path.join(CONFIGS, "pretrain_real400k.yaml"), TINY + ["model.backbone.pretrained=null"])
     generator = torch.Generator().manual_seed(0)
-    state = {k: torch.randn(v.shape, generator=generator) for k, v in CNClipBackbone(cfg).clip.state_dict().items()}
+    clip = CNClipBackbone(backbone_spec(cfg)).clip
+    state = {k: torch.randn(v.shape, generator=generator) for k, v in clip.state_dict().items()}
     path = tmp_path_factory.mktemp("cn_clip") / "tiny_cn_clip.pt"
     torch.save({"state_dict": state}, path)
     return str(path), list(state.values())
@@ -39,8 +41,9 @@ def test_shipped_pretraining_rates_keep_chinese_clip_weights_at_fine_tuning_rate
     cfg = load_config(os.path.join(CONFIGS, name),
                       TINY + [f"model.backbone.pretrained={path}", f"data.root={mini_root}"])
     model = build_pretrain_model(cfg)
-    groups = model.param_groups(cfg)
+    groups = build_optimizer(cfg, model).param_groups
     assert {g["name"]: g["lr"] for g in groups} == pytest.approx(EXPECTED[name])
+    assert [g["name"] for g in model.param_groups()] == list(EXPECTED[name])
 
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -58,11 +61,11 @@ def test_shipped_pretraining_rates_keep_chinese_clip_weights_at_fine_tuning_rate
 def test_lr_new_defaults_to_train_lr(mini_root):
     cfg = load_config(os.path.join(CONFIGS, "demo_pretrain.yaml"), TINY + [f"data.root={mini_root}"])
     assert cfg["pretrain"]["lr_new"] is None
-    rates = {g["name"]: g["lr"] for g in build_pretrain_model(cfg).param_groups(cfg)}
+    rates = {g["name"]: g["lr"] for g in build_optimizer(cfg, build_pretrain_model(cfg)).param_groups}
     assert rates == {"visual": cfg["train"]["lr_visual"], "text": cfg["train"]["lr"], "new": cfg["train"]["lr"]}
 
 
 def test_a_negative_lr_new_is_refused():
     cfg = load_config(os.path.join(CONFIGS, "demo_pretrain.yaml"), ["pretrain.lr_new=-1.0"])
     with pytest.raises(ConfigError, match=r"pretrain.lr_new=-1.0: expected null \(train.lr\) or a learning rate >= 0"):
-        entry.validate_config(cfg)
+        validate_config(cfg)

@@ -48,27 +48,23 @@ def test_paper_schedule_decays():
     assert lrs[-1] < 0.01 * t["lr"]
 
 
-class ThreeParts(torch.nn.Module):
-    """A module exposing the model's param_groups interface (visual / recon / other)."""
+class Parts(torch.nn.Module):
+    """A module exposing the models' param_groups interface: one named group per part."""
 
-    def __init__(self):
+    def __init__(self, names=("visual", "recon", "other")):
         super().__init__()
-        self.visual = torch.nn.Linear(3, 3)
-        self.recon = torch.nn.Linear(3, 3)
-        self.other = torch.nn.Linear(3, 1)
+        self.parts = torch.nn.ModuleDict({name: torch.nn.Linear(3, 3) for name in names})
 
-    def param_groups(self, cfg):
-        t = cfg["train"]
-        return [{"name": "visual", "params": list(self.visual.parameters()), "lr": t["lr_visual"]},
-                {"name": "recon", "params": list(self.recon.parameters()), "lr": t["lr_recon"]},
-                {"name": "other", "params": list(self.other.parameters())}]
+    def param_groups(self):
+        return [{"name": name, "params": list(part.parameters())} for name, part in self.parts.items()]
+
 
 
 @pytest.mark.parametrize("optimizer,cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
 def test_groups_and_schedule_follow_config(optimizer, cls):
     cfg = load_config(BASE, [f"train.optimizer={optimizer}", "train.lr=2e-3", "train.lr_visual=3e-4",
                              "train.lr_recon=5e-4", "train.warmup_ratio=0.3", "train.weight_decay=0.1"])
-    model = ThreeParts()
+    model = Parts()
     opt = build_optimizer(cfg, model)
     assert type(opt) is cls
     sched = LinearWarmupDecay.for_optimizer(opt, cfg["train"]["warmup_ratio"], total_steps=6)
@@ -83,13 +79,22 @@ def test_groups_and_schedule_follow_config(optimizer, cls):
         opt.step()
 
 
+@pytest.mark.parametrize("lr_new,new", [("null", 2e-3), ("7e-4", 7e-4)])
+def test_each_group_name_takes_its_rate(lr_new, new):
+    cfg = load_config(BASE, ["train.lr=2e-3", "train.lr_visual=3e-4", f"pretrain.lr_new={lr_new}",
+                             "train.weight_decay=0.05"])
+    opt = build_optimizer(cfg, Parts(("visual", "text", "new")))  # the pre-training model's groups
+    assert [(g["name"], g["lr"], g["weight_decay"]) for g in opt.param_groups] == [
+        ("visual", 3e-4, 0.05), ("text", 2e-3, 0.05), ("new", new, 0.05)]
+
+
 def test_schedule_restored_from_its_state_or_a_lambdalr_state_gives_the_same_lrs():
     cfg = load_config(BASE, ["train.lr=2e-3", "train.lr_visual=3e-4", "train.lr_recon=5e-4"])
-    opt = build_optimizer(cfg, ThreeParts())
+    opt = build_optimizer(cfg, Parts())
     sched = LinearWarmupDecay.for_optimizer(opt, 0.3, total_steps=10)
-    lambdalr = torch.optim.lr_scheduler.LambdaLR(build_optimizer(cfg, ThreeParts()), lambda step: 0.5)
+    lambdalr = torch.optim.lr_scheduler.LambdaLR(build_optimizer(cfg, Parts()), lambda step: 0.5)
     for state in (sched.state_dict(), lambdalr.state_dict()):
-        other = build_optimizer(load_config(BASE), ThreeParts())  # other base lrs until the state is loaded
+        other = build_optimizer(load_config(BASE), Parts())  # other base lrs until the state is loaded
         restored = LinearWarmupDecay.for_optimizer(other, 0.3, total_steps=10)
         restored.load_base_lrs(state)
         for step in range(5, 10):
@@ -102,7 +107,7 @@ def test_schedule_restored_from_its_state_or_a_lambdalr_state_gives_the_same_lrs
 @pytest.mark.parametrize("ratio,warns", [(0.05, False), (0.4, True)])
 def test_startup_report_states_the_schedule(caplog, ratio, warns):
     cfg = load_config(BASE, [f"train.warmup_ratio={ratio}"])
-    opt = build_optimizer(cfg, ThreeParts())
+    opt = build_optimizer(cfg, Parts())
     sched = LinearWarmupDecay.for_optimizer(opt, ratio, total_steps=390)
     with caplog.at_level(logging.INFO, logger="qcd"):
         startup_report(cfg, 32, [39] * 10, sched, opt, torch.device("cpu"))

@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-import main_cross_domain_emb as entry
-from evaluation import evaluate_direction
-from tests.conftest import TINY
+from engine import train
+from engine.checks import preflight, validate_config
+from evaluate.pipeline import evaluate_direction
+from tests.helpers import REPO_ROOT as REPO, TINY
 from utils.checkpoint import LATEST, load_checkpoint
 from utils.config import load_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINES = os.path.join(REPO, "configs", "baselines")
 ROWS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(BASELINES, "[!_]*.yaml")))
 STEPS = 2
@@ -60,11 +60,11 @@ def test_row_trains_and_evaluates(row, mini_root, tmp_path, family_weights, tran
     extra = row_overrides(row, mini_root, out, family_weights, translations)
     cfg = load_config(os.path.join(BASELINES, f"{row}.yaml"), extra)
     infer = cfg["train"]["mode"] == "infer"
-    entry.validate_config(cfg, evaluate=infer)
-    entry.preflight(cfg)
+    validate_config(cfg, evaluate=infer)
+    preflight(cfg)
     checkpoint = None
     if not infer:
-        result = entry.train(cfg)
+        result = train(cfg)
         state = load_checkpoint(os.path.join(out, LATEST))
         assert result["global_step"] == state["global_step"] == STEPS
         with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
@@ -74,7 +74,7 @@ def test_row_trains_and_evaluates(row, mini_root, tmp_path, family_weights, tran
     for direction in ("video2goods", "goods2video"):
         cfg = load_config(os.path.join(BASELINES, f"{row}.yaml"),
                           extra + [f"eval.direction={direction}", f"eval.checkpoint={checkpoint or 'null'}"])
-        entry.validate_config(cfg, evaluate=True)
+        validate_config(cfg, evaluate=True)
         results = evaluate_direction(cfg)[cfg["eval"]["feature"]]
         assert set(results["recall"]) == {"10", "20", "50", "100"}
         assert all(0 <= v <= 100 for v in results["recall"].values())

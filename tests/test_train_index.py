@@ -69,7 +69,7 @@ def test_a_partial_cache_is_never_used(tmp_path):
     path = tmp_path / "train.txt"
     path.write_text("a\t1\tNone\n", encoding="utf-8")
     cache = tmp_path / "cache"
-    folder = train_index._folder(str(path), str(cache), train_index._key(str(path)))
+    folder = train_index.index_folder(str(path), str(cache), train_index.index_key(str(path)))
     # what a process killed while building leaves: its temporary folder, arrays half written, no meta.json
     partial = f"{folder}.partial99999"
     os.makedirs(partial)

@@ -17,8 +17,11 @@ import pytest
 import torch
 import yaml
 
+import engine
 import main_cross_domain_emb as entry
+from engine import tasks
 from engine import trainer as engine_trainer
+from engine.checks import validate_config
 from utils import checkpoint as ckpt
 from utils.config import load_config
 from utils.logging import read_metrics
@@ -49,8 +52,8 @@ def epoch_lengths(mini_root, world_size, *extra):
 
 def run_inprocess(mini_root, out, *extra):
     cfg = load_config(DEMO, overrides(mini_root, out, *extra))
-    entry.validate_config(cfg)
-    return entry.train(cfg)
+    validate_config(cfg)
+    return engine.train(cfg)
 
 
 def run_cli(mini_root, out, *extra, env=None, train_sh=False, launcher=(sys.executable,)):
@@ -257,7 +260,7 @@ def test_ranks_resume_from_the_checkpoint_rank_0_chose(tmp_path):
         assert stdout.split() == [ckpt.step_path(str(views[0]), 4), "4"]
 
 
-def test_non_finite_loss_stops_naming_step_term_and_checkpoint(mini_root, tmp_path):
+def test_non_finite_loss_stops_naming_step_term_and_checkpoint(mini_root, tmp_path, monkeypatch):
     from models import build_model
 
     class FailsAtStep3(torch.nn.Module):
@@ -274,13 +277,14 @@ def test_non_finite_loss_stops_naming_step_term_and_checkpoint(mini_root, tmp_pa
                 out["loss"] = out["loss"] + out["loss_qv"]
             return out
 
-        def param_groups(self, cfg):
-            return self.inner.param_groups(cfg)
+        def param_groups(self):
+            return self.inner.param_groups()
 
+    monkeypatch.setitem(tasks.TASKS, "retrieval", tasks.TASKS["retrieval"]._replace(build_model=FailsAtStep3))
     out = str(tmp_path)
     cfg = load_config(DEMO, overrides(mini_root, out))
-    with pytest.raises(entry.NonFiniteLoss) as err:
-        entry.train(cfg, build_model=FailsAtStep3)
+    with pytest.raises(engine.NonFiniteLoss) as err:
+        engine.train(cfg)
     msg = str(err.value)
     assert "non-finite loss_qv = nan at step 3" in msg
     assert msg.endswith(os.path.join(out, "checkpoint_00000002.pth.tar"))
@@ -340,18 +344,23 @@ def test_slurm_script_says_how_to_find_the_repository(tmp_path):
     assert f"{tmp_path}/main_cross_domain_emb.py not found" in proc.stderr and "QCD_ROOT=" in proc.stderr
 
 
-def test_backend_choice_and_single_process_init():
+def test_backend_choice_and_single_process_init(monkeypatch):
     from utils.distributed import init_distributed, is_dist, pick_backend
 
     assert pick_backend("auto", True) == "nccl" and pick_backend("auto", False) == "gloo"
     assert pick_backend("gloo", True) == "gloo"
     with pytest.raises(RuntimeError, match="nccl needs CUDA"):
         pick_backend("nccl", False)
-    with pytest.raises(RuntimeError, match="export MASTER_ADDR and MASTER_PORT"):
-        init_distributed({"dist_backend": "auto"}, env={"SLURM_PROCID": "1", "SLURM_NTASKS": "2"})
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "MASTER_ADDR",
+                 "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
     if not torch.cuda.is_available():
-        assert init_distributed({"dist_backend": "auto"}, env={}) == (0, 0, 1, torch.device("cpu"))
+        assert init_distributed("auto") == (0, 0, 1, torch.device("cpu"))
         assert not is_dist()
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    with pytest.raises(RuntimeError, match="export MASTER_ADDR and MASTER_PORT"):
+        init_distributed("auto")
 
 
 def test_evaluate_flag_hands_over_to_feature_extraction(straight, mini_root, tmp_path):

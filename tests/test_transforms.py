@@ -10,13 +10,14 @@ from cn_clip.clip.utils import image_transform
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-import main_cross_domain_emb as entry
 from datasets import build_eval_dataset, build_train_loader
 from datasets.annotations import DatasetPaths
-from datasets.transforms import (CLIP_MEAN, CLIP_STD, INTERPOLATION, AuthorsTrainClipTransform, EvalClipTransform,
-                                 TrainClipTransform, eval_transform, train_clip_transform)
-from evaluation import model_made_by
-from models.families import image_stats
+from datasets.families import image_stats
+from datasets.transforms import (CLIP_MEAN, CLIP_STD, INTERPOLATION, PREPROCESS_PROFILES, AuthorsTrainClipTransform,
+                                 EvalClipTransform, TrainClipTransform, eval_transform, train_clip_transform)
+from engine.checks import validate_config
+from evaluate.pipeline import model_made_by
+from tests.helpers import REPO_ROOT
 from utils.config import ConfigError, load_config
 
 MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
@@ -124,7 +125,7 @@ def test_normalisation_of_a_uniform_image():
 # The authors' loader (train_cross_domain_emb.py get_loaders) normalises with ImageNet's statistics
 AUTHORS_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
 AUTHORS_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = os.path.join(REPO_ROOT, "configs")
 SHAPES = {"portrait": (90, 160), "landscape": (160, 90), "square": (100, 100), "odd": (31, 17)}
 
 
@@ -179,13 +180,14 @@ def test_authors_train_transform_is_their_train_transform(structured_image, shap
     assert torch.equal(torch.rand(3), reference)
 
 
-def test_unknown_profile_is_refused():
-    for build in (lambda: eval_transform(16, "imagenet"), lambda: train_clip_transform(16, preprocess="imagenet")):
-        with pytest.raises(ValueError, match=r"data.preprocess='imagenet': expected one of cn_clip, authors"):
-            build()
+def test_unknown_profile_is_refused_by_the_config_check():
+    """The allowed profiles are the transforms' own; the check of the config refuses any other."""
+    assert PREPROCESS_PROFILES == ("cn_clip", "authors")
+    for profile in PREPROCESS_PROFILES:
+        validate_config(load_config(os.path.join(CONFIGS, "base.yaml"), [f"data.preprocess={profile}"]))
     cfg = load_config(os.path.join(CONFIGS, "base.yaml"), ["data.preprocess=imagenet"])
     with pytest.raises(ConfigError, match=r"data.preprocess='imagenet': expected one of \['cn_clip', 'authors'\]"):
-        entry.validate_config(cfg)
+        validate_config(cfg)
 
 
 def test_authors_statistics_replace_every_familys(tmp_path):
@@ -193,13 +195,12 @@ def test_authors_statistics_replace_every_familys(tmp_path):
     cn_clip keeps the family's (here a folder's image processor)."""
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.4, 0.3],
                                                                    "image_std": [0.2, 0.25, 0.3]}))
-    fashion = {"family": "fashionclip", "backbone": {"pretrained": str(tmp_path)}}
-    chinese = {"family": "chinese_clip", "backbone": {"pretrained": None}}
-    for model_cfg in (fashion, chinese):
-        mean, std = image_stats(model_cfg, "authors")
+    fashion, chinese = ("fashionclip", str(tmp_path)), ("chinese_clip", None)
+    for family in (fashion, chinese):
+        mean, std = image_stats(*family, "authors")
         assert np.allclose(mean, AUTHORS_MEAN.ravel()) and np.allclose(std, AUTHORS_STD.ravel())
-    assert image_stats(fashion, "cn_clip") == ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
-    assert image_stats(chinese) == (CLIP_MEAN, CLIP_STD)
+    assert image_stats(*fashion, "cn_clip") == ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    assert image_stats(*chinese) == (CLIP_MEAN, CLIP_STD)
 
 
 def test_data_preprocess_reaches_the_test_and_training_pipelines(mini_root):

@@ -12,9 +12,10 @@ from datasets.annotations import (DIRECTIONS, GALLERY_DOMAIN, LIST_KINDS, QUERY_
                                   parse_item_list, parse_train_file, read_frame_ids)
 from datasets.validate import main as validate_main
 from datasets.validate import validate
+from tests.helpers import REPO_ROOT
 from utils.config import load_config
 
-BASE_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "base.yaml")
+BASE_CONFIG = os.path.join(REPO_ROOT, "configs", "base.yaml")
 EMPTY_TEXTS = pytest.mark.parametrize("text", ["", "\n  \n\r\n"], ids=["zero lines", "blank lines"])
 
 
@@ -90,7 +91,7 @@ def test_validator_checks_the_first_bytes_of_every_image(mini_root, tmp_path):
         im.save(path, fmt)
 
     report = validate(root)
-    assert report.kinds() == {"unreadable image"}
+    assert set(report.totals["error"]) == {"unreadable image"}
     assert sorted(report.problems["error"]["unreadable image"]) == sorted(
         f"{where}: {path}: {message}" for path, (_, where, message) in planted.items())
     # decoding finds nothing more, and reports the planted files the same way
@@ -116,7 +117,7 @@ def test_queries_file_is_optional_and_checked_when_present(mini_root, tmp_path):
     assert report.counts["queries.txt lines"] == "absent (optional)"
     overwrite(paths.queries, "红色杯子\n".encode() + b"\xff\xfe\n")
     report = validate(paths.root, max_items=3)
-    assert report.kinds() == {"unreadable file"}
+    assert set(report.totals["error"]) == {"unreadable file"}
     assert report.problems["error"]["unreadable file"][0].startswith(f"{paths.queries}: expected UTF-8 text")
     overwrite(paths.queries, b"\n  \n")
     assert validate(paths.root, max_items=3).problems["error"]["empty list"] == [

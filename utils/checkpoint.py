@@ -80,7 +80,9 @@ def _partial_removed(tmp, what):
                                             "checkpoints written before it are kept") from None
 
 
-def _write_atomic(obj, path):
+def write_atomic(obj, path):
+    """torch.save `obj` to `path` through a temporary file replaced at the end: `path` is the old file or
+    the whole new one, never a part."""
     tmp = path + ".tmp"
     # through a Python file, so that a full disk raises OSError(ENOSPC) rather than torch's basic_ios::clear
     with _partial_removed(tmp, f"writing {path}"), open(tmp, "wb") as f:
@@ -117,7 +119,7 @@ def save_checkpoint(state, output_dir, keep_last):
         state = state.as_dict()
     os.makedirs(output_dir, exist_ok=True)
     path = step_path(output_dir, state["global_step"])
-    _write_atomic(state, path)
+    write_atomic(state, path)
     _link_or_copy(path, os.path.join(output_dir, LATEST))
     for _, old in step_checkpoints(output_dir)[:-keep_last]:
         os.remove(old)
@@ -143,7 +145,9 @@ def set_aside_later_checkpoints(output_dir, global_step):
 
 
 def load_checkpoint(path):
-    """Load a checkpoint on the CPU (tensors and plain Python values only)."""
+    """torch.load(path, weights_only=True) on the CPU. Every file this project reads (its own checkpoints,
+    cn_clip's releases, the authors' checkpoint) holds only tensors and plain values, so no pickled code is
+    ever run; read_torch_file adds errors that name the setting."""
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -191,14 +195,23 @@ class WeightsMismatch(ValueError):
     """A checkpoint that does not fit the model it is to initialise."""
 
 
-def _model_state(obj, path):
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
+def state_dict_of(obj, keys=("model", "state_dict")):
+    """The tensors of a loaded checkpoint: obj[key] for the first of `keys` holding a mapping (else obj
+    itself), without DDP's `module.` prefix; None when that is not a mapping of tensors."""
+    for key in keys:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise ValueError(f"{path}: expected a checkpoint with a 'model' or 'state_dict' mapping of tensors")
+        return None
     return strip_module_prefix(obj)
+
+
+def _model_state(obj, path):
+    state = state_dict_of(obj)
+    if state is None:
+        raise ValueError(f"{path}: expected a checkpoint with a 'model' or 'state_dict' mapping of tensors")
+    return state
 
 
 class CheckpointFileError(ValueError):
@@ -206,13 +219,11 @@ class CheckpointFileError(ValueError):
 
 
 def read_torch_file(path, expected, setting="checkpoint"):
-    """torch.load(path, weights_only=True) on the CPU. Every file this project reads this way (its own
-    checkpoints, cn_clip's releases, the authors' checkpoint) holds only tensors and plain values, so no
-    pickled code is ever run. Failures name `setting`, the path and what was `expected`."""
+    """load_checkpoint(path), its failures naming `setting`, the path and what was `expected`."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{setting}: checkpoint file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_checkpoint(path)
     except Exception as e:  # a text file, a truncated zip, a pickle of foreign objects ...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointFileError(f"{setting}={path}: not a PyTorch checkpoint (expected {expected}): {reason}") \

@@ -74,11 +74,22 @@ def _load_chain(path, seen=()):
     return _load_chain(base_path, seen + (path,)) + [(path, data)]
 
 
-def _known_keys(schema, prefix=""):
-    for k, v in schema.items():
-        yield prefix + k
+def flatten(tree, prefix=""):
+    """(dotted key, value) of each setting of a nested config; a non-empty mapping is descended into, not yielded."""
+    for k, v in tree.items():
         if isinstance(v, dict) and v:
-            yield from _known_keys(v, prefix + k + ".")
+            yield from flatten(v, prefix + k + ".")
+        else:
+            yield prefix + k, v
+
+
+def _known_keys(schema):
+    """Every dotted key of the schema, the mappings' own keys too."""
+    keys = set()
+    for key, _ in flatten(schema):
+        parts = key.split(".")
+        keys.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return keys
 
 
 def _unknown(key, schema_root, where):
@@ -91,7 +102,7 @@ def _unknown(key, schema_root, where):
     if close:
         suggestion = (parent + "." if parent else "") + close[0]
     else:
-        close = difflib.get_close_matches(key, list(_known_keys(schema_root)), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(key, sorted(_known_keys(schema_root)), n=1, cutoff=0.6)
         suggestion = close[0] if close else None
     hint = f"; did you mean '{suggestion}'?" if suggestion else ""
     return ConfigError(f"{where}: unknown config key '{key}'{hint}")

@@ -76,6 +76,10 @@ def watch_launcher(interval=2.0):
     threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()
 
 
+# dist_backend: auto = nccl with CUDA, else gloo
+BACKENDS = ("auto", "nccl", "gloo")
+
+
 def pick_backend(requested, cuda_available):
     if requested == "auto":
         return "nccl" if cuda_available else "gloo"
@@ -84,11 +88,12 @@ def pick_backend(requested, cuda_available):
     return requested
 
 
-def init_distributed(cfg, env=None):
-    """Join the process group (if there is more than one process). Returns (rank, local_rank, world_size, device)."""
-    env = os.environ if env is None else env
+def init_distributed(backend):
+    """Join the process group the environment describes (if there is more than one process) with `backend`
+    (dist_backend). Returns (rank, local_rank, world_size, device)."""
+    env = os.environ
     rank, local_rank, world_size, source = _ranks_from_env(env)
-    if source == "torchrun" and env is os.environ:
+    if source == "torchrun":
         watch_launcher()
     cuda = torch.cuda.is_available()
     # plain srun may bind each task to its own GPU(s), so SLURM_LOCALID can exceed the visible devices
@@ -102,7 +107,7 @@ def init_distributed(cfg, env=None):
             raise RuntimeError("SLURM launch without torchrun: export MASTER_ADDR and MASTER_PORT before srun "
                                "(the first node of the job and a free port), or launch with scripts/slurm_train.sh, "
                                "which starts torchrun on each node")
-        backend = pick_backend(cfg.get("dist_backend", "auto"), cuda)
+        backend = pick_backend(backend, cuda)
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(minutes=60),
                                 device_id=device if backend == "nccl" else None)
