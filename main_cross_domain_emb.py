@@ -16,6 +16,7 @@ from engine import train
 from engine.checks import checked_config, run_cli, text_warning
 from evaluate.pipeline import extract
 from utils.distributed import cleanup
+from utils.preemption import EXIT_PREEMPTED
 
 
 def evaluate(cfg):
@@ -45,8 +46,8 @@ def run(args):
         return 0
     if args.evaluate:
         return evaluate(cfg)
-    train(cfg)
-    return 0
+    # a run stopped by a signal has saved its checkpoint; the exit code tells a job script to requeue it
+    return EXIT_PREEMPTED if train(cfg)["preempted"] else 0
 
 
 def main(argv=None):

@@ -343,12 +343,26 @@ def empty_list_error(path):
     return AnnotationError(path, None, "empty list: expected at least one non-blank line")
 
 
+def check_inside(value, path, lineno, what):
+    """`value` (a list's path, relative to an item folder of data.root) when it stays inside that folder;
+    AnnotationError for an absolute path or one that climbs out with `..`, which would read another tree's files."""
+    norm = os.path.normpath(value)
+    if os.path.isabs(value) or norm == os.pardir or norm.startswith(os.pardir + os.sep):
+        raise AnnotationError(path, lineno, f"expected a {what} relative to its folder under data.root, got "
+                                            f"{value!r}, which leaves it")
+    return value
+
+
 def parse_item_list(path, domain=None):
     """A query or gallery list (data.test_files.<direction>.query/gallery) -> [TestItem] in file order;
-    an empty list is an error, and so are a repeated pid and an item of another domain than `domain` (when given)."""
+    an empty list is an error, and so are a repeated pid, an item of another domain than `domain` (when given)
+    and a frame or text path that leaves its folder (check_inside)."""
     items, seen = [], {}
     for lineno, line in iter_lines(path):
         item = parse_item_line(line, path, lineno)
+        for frame in item.frames:
+            check_inside(frame, path, lineno, "frame path")
+        check_inside(item.text_path, path, lineno, "text path")
         if domain is not None and item.domain != domain:
             raise AnnotationError(path, lineno, f"expected a {domain} item (every item of this list), got {item.domain}")
         if item.pid in seen:

@@ -6,6 +6,7 @@ each frame is used once and the last one is repeated up to T. The same rule pick
 inside a raw .mp4, of which only those frames are decoded.
 """
 import os
+import stat
 
 import numpy as np
 import torch
@@ -48,8 +49,23 @@ def authors_centre_indices(num_available, num_frames):
     return [int((2 * i + 1) * segment / 2) for i in range(num_frames)]
 
 
+def require_regular_file(path):
+    """UnreadableImage unless `path` is a regular file: opening a FIFO or a device would block or read forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UnreadableImage(path, "file not found") from None
+    except OSError as e:
+        raise UnreadableImage(path, e.strerror or type(e).__name__) from None
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else \
+            "a folder" if stat.S_ISDIR(mode) else "a socket"
+        raise UnreadableImage(path, f"not a regular file: {kind}")
+
+
 def load_image(path):
-    """An RGB image file -> uint8 tensor [3, H, W]; UnreadableImage if missing or corrupt."""
+    """An RGB image file -> uint8 tensor [3, H, W]; UnreadableImage if missing, corrupt or not a regular file."""
+    require_regular_file(path)
     try:
         with Image.open(path) as img:
             if img.mode != "RGB":
@@ -77,8 +93,7 @@ def decode_video(path, num_frames, rng=None):
     """Decode only the frames picked by the segment rule from a video file -> uint8 [T, 3, H, W]."""
     import decord
 
-    if not os.path.isfile(path):  # decord would only say "Error reading"
-        raise UnreadableImage(path, "file not found")
+    require_regular_file(path)  # decord would only say "Error reading", or block on a FIFO
     try:
         reader = decord.VideoReader(str(path), num_threads=1)
         indices = segment_indices(len(reader), num_frames, rng)

@@ -88,15 +88,17 @@ def build_train_loader(cfg, rank, world_size, sampler_class=None):
     paths = DatasetPaths.from_config(data)
     paths.require(paths.train_file)
     # rank 0 builds the index (if its cache is absent) while the others wait, then they map the same files;
-    # the cache sits beside the training file (shared by later runs) unless that folder is read-only
+    # the cache sits beside the training file (shared by later runs) unless that folder, or its cache folder,
+    # is read-only: then in the output folder
+    fallback = os.path.join(cfg["output_dir"], "train_index")
     writable = os.access(os.path.dirname(os.path.abspath(paths.train_file)), os.W_OK)
-    cache_dir = None if writable else os.path.join(cfg["output_dir"], "train_index")
+    cache_dir = None if writable else fallback
     english = english_queries_file(data)
     if rank == 0:
-        entries = load_train_index(paths.train_file, cache_dir, english)
+        entries = load_train_index(paths.train_file, cache_dir, english, fallback)
     barrier()
     if rank != 0:
-        entries = load_train_index(paths.train_file, cache_dir, english)
+        entries = load_train_index(paths.train_file, cache_dir, english, fallback)
     sampler = sampler_class(entries, cfg["train"]["batch_size"], rank, world_size, seed=cfg["seed"])
     if data["preprocess"] == "authors" and rank == 0:
         logger.info("data.preprocess=authors: training frames are squashed whole to %d px (PIL nearest) and flipped, "

@@ -42,6 +42,11 @@ class FixedLengthTokenizer:
         """list of str -> list of lists of token ids, without start and end tokens."""
         raise NotImplementedError
 
+    def has_tokens(self, text):
+        """True when `text` encodes to at least one token: a text of zero-width or control characters only
+        ("\u200b\u200d") is non-empty but reads as an empty one. A letter or digit always gives a token."""
+        return any(c.isalnum() for c in text) or bool(text and self.encode([text])[0])
+
     def __call__(self, texts, max_len):
         """texts: list of str -> (input_ids, attention_mask), both LongTensor[len(texts), max_len]:
         [start] tokens [end] then padding; the mask is 1 up to and including [end]."""

@@ -183,7 +183,8 @@ class TrainDataset:
 
     def _text(self, domain, pid, rng):
         """The item's text with its training-time augmentation; a file with no usable text
-        (missing, or with the wrong number of lines) gives '' and is counted."""
+        (missing, or with the wrong number of lines) gives '' and is counted, as is a text that
+        tokenises to nothing."""
         path = self.paths.text_path(domain, pid)
         try:
             fields = read_item_fields(path, domain, self.translations)
@@ -194,11 +195,11 @@ class TrainDataset:
             return ""
         if domain == "goods":
             title = goods_title(fields)
-            if not title:
+            if not self.text_tokenizer.has_tokens(title):
                 self.counts.add("empty_texts")
             text = augment_title(title, rng, self.title_aug_prob)
         else:
-            if not video_text(fields):
+            if not self.text_tokenizer.has_tokens(video_text(fields)):
                 self.counts.add("empty_texts")
             text = video_text(fields, rng, self.video_text_keep_prob)
         return self.translations.item_text(text) if self.translations else text

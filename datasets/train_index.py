@@ -8,10 +8,14 @@ so errors still name file and line), merges the lines of one query text into its
 negatives), and stores eight arrays: the query texts and their English versions (the optional 4th
 field, or a line-aligned English file) as UTF-8 buffers with offsets, and the goods and video pids
 with per-query offsets. They are saved as .npy files in a folder of `cache_dir` named after the
-path, size and modification time of the file (and of the English file), written under a temporary
-name and renamed into place, so a partial cache is never used and an edited file gets a new one.
-Opened with mmap, the pages are the page cache's, shared by every process of the node.
+path and the SHA-256 of the content of the file (and of the English file), written under a temporary
+name and renamed into place, so a partial cache is never used and an edited file gets a new one, even
+an edit that keeps its size and modification time (hashing costs about 0.1 s per 150 MB, on every open).
+A cache folder that fails its checks when opened (missing or short arrays, a bad meta.json) is rebuilt
+with a warning; one that cannot be written falls back to `fallback_dir`. Opened with mmap, the pages
+are the page cache's, shared by every process of the node.
 """
+import errno
 import hashlib
 import json
 import logging
@@ -32,13 +36,20 @@ FORMAT = 2  # bump when the arrays change meaning
 CACHE_DIR_NAME = ".train_index"  # the default cache folder, beside the training file
 
 
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _file_key(path):
-    st = os.stat(path)
-    return {"path": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": os.path.abspath(path), "sha256": _sha256(path)}
 
 
 def index_key(path, english_file=None):
-    """What the index of the training file `path` is made from: the files' sizes and times, the format."""
+    """What the index of the training file `path` is made from: the files' paths and contents, the format."""
     return {**_file_key(path), "english": _file_key(english_file) if english_file else None, "format": FORMAT}
 
 
@@ -176,31 +187,94 @@ class TrainIndex:
             yield goods[go[i]:go[i + 1]].tolist(), videos[vo[i]:vo[i + 1]].tolist()
 
 
-def load_train_index(path, cache_dir=None, english_file=None):
+class CorruptIndex(Exception):
+    """A cache folder whose files are not a complete index of the key it is named after."""
+
+
+def _open_checked(folder, key):
+    """The TrainIndex in `folder`, checked against `key` and for arrays of consistent lengths; None when the
+    folder does not exist; CorruptIndex when it is not a complete index."""
+    if not os.path.isdir(folder):
+        return None
+    try:
+        index = TrainIndex(folder)
+        with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError, EOFError, KeyError, TypeError) as e:  # numpy: ValueError for a short array
+        raise CorruptIndex(f"{type(e).__name__}: {e}") from None
+    if {k: meta.get(k) for k in key} != key:
+        raise CorruptIndex("its meta.json names another file or content")
+    n = len(index._text_offsets)
+    ends = [(index._text_offsets, index._text), (index._english_offsets, index._english),
+            *((off, flat) for flat, off in index._pids.values())]
+    if n < 1 or any(len(off) != n or off[0] != 0 or off[-1] != len(flat) for off, flat in ends):
+        raise CorruptIndex("its arrays disagree in length")
+    return index
+
+
+def _unwritable(error):
+    return isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _build_into(path, english_file, key, folder, stale):
+    """Build the index of `path` into `folder`, replacing the folder if `stale` (it failed _open_checked)."""
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    tmp = f"{folder}.partial{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    start = time.perf_counter()
+    lines, duplicates = _build(path, english_file, tmp)
+    log.info("indexed %s in %.1f s into %s (later runs map it)", path, time.perf_counter() - start, folder)
+    with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+        json.dump({**key, "lines": lines, "duplicate_lines": duplicates}, f)
+    if stale:
+        old = f"{folder}.corrupt{os.getpid()}"
+        try:
+            os.rename(folder, old)
+        except FileNotFoundError:  # another process replaced it first
+            pass
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.rename(tmp, folder)
+    except OSError:  # another process renamed its copy first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.exists(os.path.join(folder, "meta.json")):
+            raise
+
+
+def load_train_index(path, cache_dir=None, english_file=None, fallback_dir=None):
     """The TrainIndex of the training list `path`, from its cache in `cache_dir` (default: the
-    CACHE_DIR_NAME folder beside the file) or built there first; `english_file`: a line-aligned file
-    of English queries (docs/TRANSLATIONS.md) for the lines of `path`. Safe to call from several
+    CACHE_DIR_NAME folder beside the file) or built there first; when `cache_dir` cannot be written,
+    from `fallback_dir` (e.g. <output_dir>/train_index). `english_file`: a line-aligned file of
+    English queries (docs/TRANSLATIONS.md) for the lines of `path`. Safe to call from several
     processes at once: each builds under its own temporary name and the first rename wins."""
     key = index_key(path, english_file)
     cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(path)), CACHE_DIR_NAME)
-    folder = index_folder(path, cache_dir, key)
-    meta = os.path.join(folder, "meta.json")
-    if not os.path.exists(meta):
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{folder}.partial{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        start = time.perf_counter()
-        lines, duplicates = _build(path, english_file, tmp)
-        log.info("indexed %s in %.1f s into %s (later runs map it)", path, time.perf_counter() - start, folder)
-        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-            json.dump({**key, "lines": lines, "duplicate_lines": duplicates}, f)
+    dirs = [cache_dir] + ([fallback_dir] if fallback_dir and fallback_dir != cache_dir else [])
+    index, corrupt = None, {}  # folder -> why it failed its checks
+    for d in dirs:
         try:
-            os.rename(tmp, folder)
-        except OSError:  # another process renamed its copy first
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not os.path.exists(meta):
+            index = _open_checked(index_folder(path, d, key), key)
+        except CorruptIndex as e:
+            corrupt[d] = str(e)
+            continue
+        if index is not None:
+            break
+    # none usable: build in the first folder that can be written
+    for n, d in enumerate(dirs if index is None else ()):
+        folder = index_folder(path, d, key)
+        if d in corrupt:
+            log.warning("training-index cache %s is truncated or corrupt (%s): rebuilding it", folder, corrupt[d])
+        try:
+            _build_into(path, english_file, key, folder, d in corrupt)
+        except OSError as e:
+            if not _unwritable(e) or n == len(dirs) - 1:
                 raise
-    index = TrainIndex(folder)
+            log.warning("training-index cache folder %s cannot be written (%s): indexing into %s instead",
+                        d, e.strerror, dirs[n + 1])
+            continue
+        index = TrainIndex(folder)
+        break
     log.info("training list %s: %d lines, %d queries; %d duplicate lines (the query text of an earlier line) "
              "merged into the first line of their text", path, index.lines, len(index), index.duplicate_lines)
     return index

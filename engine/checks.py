@@ -5,25 +5,29 @@ import logging
 import os
 import sys
 
-from datasets.annotations import DIRECTIONS, AnnotationError, DatasetPaths
+import torch
+
+from datasets.annotations import DIRECTIONS, AnnotationError, DatasetPaths, iter_lines
 from datasets.eval_dataset import TEST_FRAMES, TEST_TEXTS
-from datasets.families import ENGLISH_FAMILIES, FAMILIES
+from datasets.families import ENGLISH_FAMILIES, FAMILIES, HF_MODEL_TYPES
 from datasets.frames import FRAME_SOURCES
 from datasets.transforms import PREPROCESS_PROFILES
-from datasets.translations import ENGLISH_RULES
-from engine.run_dir import RunDirError
+from datasets.translations import ENGLISH_RULES, is_line_aligned, read_translations
+from engine.run_dir import RunDirError, config_changes
 from engine.tasks import TASKS, TRAIN_MODES
 from engine.trainer import AMP_DTYPES, OPTIMIZERS, NonFiniteLoss
-from evaluate.features import DTYPES, NonFiniteFeatures
-from evaluate.pipeline import FEATURE_CHOICES
+from evaluate.features import DTYPES, DiskFull, NonFiniteFeatures
+from evaluate.pipeline import FEATURE_CHOICES, FolderInUse
 from evaluate.search import INDEXES
 from losses.query_contrastive import NEGATIVES
 from models.families import FREEZE_PARTS
 from models.fusion import FUSIONS, TEXT_INPUTS
 from models.pretrain import STAGE_TERMS
+from models.backbone import clip_arguments
 from models.video_pooling import POOLINGS
-from models.weights import check_weights
-from utils.checkpoint import CheckpointFileError, CheckpointWriteError, WeightsMismatch
+from models.weights import WEIGHTS_HELP, check_weights
+from utils.checkpoint import (LATEST, CheckpointFileError, CheckpointWriteError, WeightsMismatch, read_torch_file,
+                              step_checkpoints)
 from utils.config import ConfigError, load_config
 from utils.distributed import BACKENDS, UnsupportedGPU
 from utils.logging import LOGGER_NAME
@@ -78,6 +82,9 @@ def validate_config(cfg, evaluate=False):
     for key in ("max_steps", "threads"):
         if t[key] is not None and t[key] < 1:
             raise ConfigError(f"train.{key}={t[key]!r}: expected null or an integer >= 1")
+    minutes = t["save_every_minutes"]
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
+        raise ConfigError(f"train.save_every_minutes={minutes!r}: expected null (off) or a number of minutes > 0")
     if not 0 <= t["warmup_ratio"] < 1:
         raise ConfigError(f"train.warmup_ratio={t['warmup_ratio']!r}: expected a share of the run in [0, 1)")
     for key in ("lr", "lr_visual", "lr_recon"):
@@ -119,6 +126,7 @@ def validate_config(cfg, evaluate=False):
     if cfg["task"] == "pretrain" and cfg["model"]["fusion"]["text_input"] != "layer6":
         raise ConfigError("task=pretrain trains the fusion encoder on the states entering the copied layers: "
                           "model.fusion.text_input must be layer6")
+    _check_ranges(cfg)
     if cfg["task"] == "pretrain":
         if cfg["model"]["fusion"]["type"] != "fusion":
             raise ConfigError(f"task=pretrain trains the fusion encoder: model.fusion.type="
@@ -129,10 +137,158 @@ def validate_config(cfg, evaluate=False):
             raise ConfigError(f"pretrain.mlm_prob={cfg['pretrain']['mlm_prob']!r}: expected a share in (0, 1)")
 
 
+def _check_ranges(cfg):
+    """Sizes and factors out of range, each of which would otherwise fail (or divide by zero) after torchrun."""
+    d, m, e = cfg["data"], cfg["model"], cfg["eval"]
+    for key, value, low in (("data.num_frames", d["num_frames"], 1), ("data.num_workers", d["num_workers"], 0),
+                            ("data.image_size", d["image_size"], 1), ("data.text_max_len", d["text_max_len"], 1),
+                            # [CLS] and [SEP] around at least one token
+                            ("data.query_max_len", d["query_max_len"], 3), ("model.embed_dim", m["embed_dim"], 1),
+                            ("model.video.ftt_heads", m["video"]["ftt_heads"], 1),
+                            ("eval.batch_size", e["batch_size"], 1), ("eval.page_topk", e["page_topk"], 1)):
+        if value < low:
+            raise ConfigError(f"{key}={value!r}: expected an integer >= {low}")
+    if m["video"]["pooling"] == "ftt" and m["embed_dim"] % m["video"]["ftt_heads"]:
+        raise ConfigError(f"model.video.ftt_heads={m['video']['ftt_heads']}: expected a divisor of model.embed_dim="
+                          f"{m['embed_dim']} (the width of the frame transformer)")
+    if not cfg["loss"]["temperature"] > 0:
+        raise ConfigError(f"loss.temperature={cfg['loss']['temperature']!r}: expected a temperature > 0")
+    for section in ("loss", "pretrain"):
+        for name, weight in cfg[section]["weights"].items():
+            if not weight >= 0:
+                raise ConfigError(f"{section}.weights.{name}={weight!r}: expected a loss weight >= 0")
+    scale = d["crop_scale"]
+    if not (len(scale) == 2 and all(isinstance(v, (int, float)) for v in scale) and 0 < scale[0] <= scale[1] <= 1):
+        raise ConfigError(f"data.crop_scale={scale!r}: expected a pair [a, b] with 0 < a <= b <= 1")
+    if not e["topk"] or not all(isinstance(k, int) and k >= 1 for k in e["topk"]):
+        raise ConfigError(f"eval.topk={e['topk']!r}: expected a non-empty list of integers >= 1")
+    if e["index"] == "ivf_pq":
+        ivf = e["ivf_pq"]
+        for key in ("nlist", "m", "nprobe"):
+            if ivf[key] < 1:
+                raise ConfigError(f"eval.ivf_pq.{key}={ivf[key]!r}: expected an integer >= 1")
+        if m["embed_dim"] % ivf["m"]:
+            raise ConfigError(f"eval.ivf_pq.m={ivf['m']}: expected a divisor of model.embed_dim={m['embed_dim']} "
+                              "(each sub-quantizer codes an equal slice of a feature)")
+    if m["family"] == "chinese_clip":
+        _check_cn_clip_sizes(cfg)
+
+
+def _check_cn_clip_sizes(cfg):
+    """data.image_size and the text lengths against the named cn_clip configs (the other families' towers are read
+    from their weights, and models.families checks the lengths when building them)."""
+    d, b = cfg["data"], cfg["model"]["backbone"]
+    args = clip_arguments(b["vision_model"], b["text_model"], d["image_size"], cfg["model"]["embed_dim"],
+                          b["overrides"])
+    patch = args["vision_patch_size"]
+    if d["image_size"] % patch:
+        raise ConfigError(f"data.image_size={d['image_size']}: expected a multiple of the vision patch size {patch} "
+                          f"(model.backbone.vision_model={b['vision_model']}, overrides)")
+    positions = args["text_max_position_embeddings"]
+    for key in ("query_max_len", "text_max_len"):
+        if d[key] > positions:
+            raise ConfigError(f"data.{key}={d[key]}: expected at most {positions}, the position table of "
+                              f"model.backbone.text_model={b['text_model']} (overrides included)")
+
+
+# What transformers' CLIPTokenizer reads from a save_pretrained folder (either set), and the weights files
+# CLIPModel / XCLIPModel.from_pretrained read (a sharded save writes the index). Checked here, with the files the
+# run names, since models.weights.check_weights reads only config.json.
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+
+
+def check_folder_files(family, folder):
+    """FileNotFoundError when a transformers folder of `family` lacks its tokenizer files or its weights (without
+    the tokenizer files every text would be tokenised to the unknown id)."""
+    if not any(all(os.path.isfile(os.path.join(folder, f)) for f in files) for files in TOKENIZER_FILES):
+        raise FileNotFoundError(f"model.backbone.pretrained={folder}: no tokenizer files (expected tokenizer.json, or "
+                                f"vocab.json and merges.txt); {WEIGHTS_HELP[family]}")
+    if not any(os.path.isfile(os.path.join(folder, f)) for f in WEIGHTS_FILES):
+        raise FileNotFoundError(f"model.backbone.pretrained={folder}: no weights (expected one of "
+                                f"{', '.join(WEIGHTS_FILES)}); {WEIGHTS_HELP[family]}")
+
+
+def stored_config(path, setting):
+    """The config stored in checkpoint `path` (None for a checkpoint without one). The file is memory-mapped, so
+    only the pickled part is read; a file torch cannot map (the pre-1.6 format) is read whole."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        state = read_torch_file(path, "a checkpoint written by torch.save", setting)
+    config = state.get("config") if isinstance(state, dict) else None
+    return config if isinstance(config, dict) else None
+
+
+def _latest_checkpoint(output_dir):
+    """The checkpoint resume=auto continues from, mapped as `stored_config` does: the newest that opens."""
+    candidates = [p for _, p in reversed(step_checkpoints(output_dir))] if os.path.isdir(output_dir) else []
+    if os.path.isfile(os.path.join(output_dir, LATEST)):
+        candidates.append(os.path.join(output_dir, LATEST))
+    for path in candidates:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # unreadable: training skips it too (utils.checkpoint.find_latest_valid)
+            continue
+        return path, state.get("config") if isinstance(state, dict) else None
+    return None, None
+
+
+# the settings of an evaluated checkpoint's run that the evaluation must share: the model it builds and how
+# items are encoded (its weights are replaced by the checkpoint's, and training settings do not matter)
+EVAL_SHARED_PREFIXES = ("task", "model.", "data.image_size", "data.num_frames", "data.text_max_len",
+                        "data.query_max_len", "data.preprocess", "data.test_frames", "data.test_text")
+EVAL_FREE_KEYS = ("model.backbone.pretrained", "model.backbone.grad_checkpointing", "model.backbone.freeze")
+
+
+def check_checkpoint_configs(cfg, evaluate):
+    """ConfigError, in one line, when the checkpoint a run continues from (resume) or scores (eval.checkpoint) was
+    written with settings this run cannot take: the comparison training and evaluation would make after torchrun."""
+    if not evaluate and cfg["resume"] is not None:
+        if cfg["resume"] == "auto":
+            path, old = _latest_checkpoint(cfg["output_dir"])
+        else:
+            path, old = cfg["resume"], stored_config(cfg["resume"], "resume")
+        changes = config_changes(old, cfg) if isinstance(old, dict) else []
+        if changes:
+            raise ConfigError(f"{path} was written by a run with other settings: {'; '.join(changes)}. Pick another "
+                              f"output_dir, or pass resume=null to start afresh in {cfg['output_dir']}")
+    checkpoint = cfg["eval"]["checkpoint"]
+    if evaluate and checkpoint is not None:
+        old = stored_config(checkpoint, "eval.checkpoint")
+        changes = [c for c in config_changes(old, cfg) if c.startswith(EVAL_SHARED_PREFIXES)
+                   and c.split(":")[0] not in EVAL_FREE_KEYS] if old is not None else []
+        if changes:
+            raise ConfigError(f"eval.checkpoint={checkpoint} was trained with other model or input settings: "
+                              f"{'; '.join(changes)}. Evaluate with its config (the one in its run folder)")
+
+
+def check_gallery_size(cfg, paths):
+    """eval.ivf_pq and eval.topk against the number of items of eval.direction's gallery list."""
+    e = cfg["eval"]
+    gallery = paths.gallery_list(e["direction"])
+    size = sum(1 for _ in iter_lines(gallery))
+    if e["index"] == "ivf_pq":
+        ivf = e["ivf_pq"]
+        rows = min(ivf["train_rows"], size)
+        # faiss's k-means needs at least as many points as centroids: nlist for the coarse quantizer, 256 for
+        # each 8-bit sub-quantizer
+        need = max(ivf["nlist"], 256)
+        if rows < need:
+            raise ConfigError(f"eval.ivf_pq: nlist={ivf['nlist']}, train_rows={ivf['train_rows']} on a gallery of "
+                              f"{size} items ({gallery}) trains on {rows} rows: expected at least {need} (nlist and "
+                              "256, the codes of a sub-quantizer); use eval.index=flat for a small gallery")
+    if max(e["topk"]) > size:
+        log.warning("warning: eval.topk=%s: K above the %d items of the gallery (%s) counts every item as found",
+                    e["topk"], size, gallery)
+
+
 def preflight(cfg, evaluate=False):
     """Every file a run needs, checked in a second before any process group or model exists: the checkpoints
-    to continue from or start with, the data folder and its list files (the training file, or the lists of
-    eval.direction), every weights file the config names, the translations."""
+    to continue from or start with (and the settings stored in them), the data folder and its list files (the
+    training file, or the lists of eval.direction, with the index settings against the gallery size), every
+    weights file the config names (and a transformers folder's tokenizer), the translation table."""
     if cfg["resume"] not in (None, "auto") and not os.path.isfile(cfg["resume"]):
         raise ConfigError(f"resume={cfg['resume']!r}: expected null, auto or an existing checkpoint file")
     if cfg["init_from"] is not None and not os.path.isfile(cfg["init_from"]):
@@ -146,11 +302,19 @@ def preflight(cfg, evaluate=False):
         paths.require(*paths.direction_files(cfg["eval"]["direction"]))
     else:
         paths.require(paths.train_file)
-    check_weights(cfg["model"]["family"], cfg["model"]["backbone"]["pretrained"])
+    family, pretrained = cfg["model"]["family"], cfg["model"]["backbone"]["pretrained"]
+    check_weights(family, pretrained)
+    if family in HF_MODEL_TYPES:
+        check_folder_files(family, pretrained)
     if data["translations"] and not os.path.isfile(data["translations"]):
         raise FileNotFoundError(f"data.translations={data['translations']}: file not found (format: docs/TRANSLATIONS.md)")
+    if data["translations"] and not is_line_aligned(data["translations"]):
+        read_translations(data["translations"])  # a malformed table: TranslationError naming file:line
     if evaluate and cfg["eval"]["checkpoint"] is not None and not os.path.isfile(cfg["eval"]["checkpoint"]):
         raise FileNotFoundError(f"eval.checkpoint={cfg['eval']['checkpoint']}: file not found")
+    check_checkpoint_configs(cfg, evaluate)
+    if evaluate:
+        check_gallery_size(cfg, paths)
 
 
 def text_warning(cfg):
@@ -179,6 +343,7 @@ INPUT = "input"
 FAILURES = (
     (ConfigError, "config error", INPUT),
     (NonFiniteFeatures, "error", 1),
+    ((DiskFull, FolderInUse), "error", 1),
     # ValueError: also weights of another model family (check_weights), sizes that do not fit them, and the
     # subclasses AnnotationError, WeightsMismatch, CheckpointFileError
     ((FileNotFoundError, UnsupportedGPU, RunDirError, AnnotationError, WeightsMismatch, CheckpointFileError,

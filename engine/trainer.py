@@ -25,6 +25,7 @@ from utils import logging as run_logging
 from utils.config import save_config
 from utils.distributed import barrier, from_rank0
 from utils.logging import LOGGER_NAME, STEP_LOGGER, Meter, MetricsLog
+from utils.preemption import SaveTimer, preempted_line
 from utils.schedule import WARMUP_WARN_SHARE, LinearWarmupDecay
 from utils.seed import get_rng_state, seed_data, seed_model_init, set_rng_state
 
@@ -138,7 +139,8 @@ def log_init_from(report, path):
 
 class Trainer:
     """One training run of `task` (engine.tasks.Task) on this process: `run()` trains to the end
-    of the schedule (or train.max_steps) and returns {"global_step", "checkpoint"}."""
+    of the schedule (or train.max_steps, or a stop signal: utils.preemption) and returns {"global_step",
+    "checkpoint", "preempted": the signal's name or None}."""
 
     def __init__(self, cfg, task, rank, world_size, device, resume_path=None, state=None):
         """`resume_path`, `state`: the checkpoint (a TrainingCheckpoint) to continue from, already checked
@@ -167,6 +169,7 @@ class Trainer:
 
         self.epoch, self.step_in_epoch, self.global_step, self.rng_states = 0, 0, 0, None
         self.last_ckpt, self.last_saved_step = resume_path, None
+        self.save_timer = SaveTimer(self.t["save_every_minutes"])
         if state is not None:
             self._restore(state, resume_path)
         elif cfg["resume"] == "auto":
@@ -256,6 +259,16 @@ class Trainer:
         # on every rank, so that each one's messages (e.g. a non-finite loss) name the file
         self.last_ckpt = ckpt.step_path(self.out_dir, self.global_step)
         self.last_saved_step = self.global_step
+        self.save_timer.restart()
+
+    def _agreed_flags(self, stop):
+        """(stop now, save now), the same on every rank, so that all ranks save and stop at the same step:
+        a signal to any rank stops all of them; train.save_every_minutes is timed on rank 0's clock."""
+        flags = torch.tensor([stop.received is not None, self.main and self.save_timer.due()],
+                             dtype=torch.float32, device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return [bool(f) for f in flags.tolist()]
 
     def step(self, batch):
         """One optimizer step -> (loss terms averaged over ranks, the model's output, {"lr/<group>": lr}, grad norm)."""
@@ -292,7 +305,8 @@ class Trainer:
         self.rng_states = None
         return batches
 
-    def run(self):
+    def run(self, stop):
+        """stop: the StopSignals (utils.preemption) whose signal ends the run at the next step, with a checkpoint."""
         metrics = MetricsLog(self.out_dir, self.main)
         metrics.text("config", "    " + yaml.safe_dump(self.cfg, allow_unicode=True, sort_keys=False)
                      .replace("\n", "\n    "), self.global_step)
@@ -302,13 +316,14 @@ class Trainer:
         bar = tqdm(total=max_steps, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True,
                    file=sys.stderr, disable=not (self.main and run_logging.progress_bar_shown()))
         eta = _Eta(self.global_step, max_steps)
+        preempted = None
         try:
-            while self.epoch < self.t["epochs"] and self.global_step < max_steps:
+            while self.epoch < self.t["epochs"] and self.global_step < max_steps and not preempted:
                 batches = self._epoch_batches()
                 steps_per_epoch = self.epoch_lengths[self.epoch]
                 counts_at_start = self.loader.dataset.raw_counts()
                 window.restart()
-                while self.step_in_epoch < steps_per_epoch and self.global_step < max_steps:
+                while self.step_in_epoch < steps_per_epoch and self.global_step < max_steps and not preempted:
                     t0 = time.perf_counter()
                     batch = to_device(next(batches), self.device)
                     t_data = time.perf_counter()
@@ -325,8 +340,12 @@ class Trainer:
                         bar.set_postfix({"epoch": f"{scalars['epoch']:.2f}", "loss": f"{scalars['train/loss']:.4f}",
                                          "wait": f"{scalars['perf/data_wait_fraction']:.0%}"})
                         window.restart()
+                    stop_now, save_now = self._agreed_flags(stop)
+                    if stop_now:
+                        # any rank's signal, agreed above; only the ranks that received one know which
+                        preempted = stop.received or "a signal to another rank"
                     if self.global_step % self.t["save_every_steps"] == 0 or end_of_epoch or \
-                            self.global_step == max_steps:
+                            self.global_step == max_steps or save_now or stop_now:
                         self.save()
                 if self.step_in_epoch == steps_per_epoch:
                     self.epoch, self.step_in_epoch = self.epoch + 1, 0
@@ -336,8 +355,12 @@ class Trainer:
         finally:
             bar.close()  # also when a non-finite loss stops the run mid-epoch
             metrics.close()
-        log.info("finished at global step %d; last checkpoint %s", self.global_step, self.last_ckpt)
-        return {"global_step": self.global_step, "checkpoint": self.last_ckpt}
+        if preempted:
+            if self.main:  # one line for the run, not one per rank
+                log.warning("%s", preempted_line(self.global_step, self.last_ckpt))
+        else:
+            log.info("finished at global step %d; last checkpoint %s", self.global_step, self.last_ckpt)
+        return {"global_step": self.global_step, "checkpoint": self.last_ckpt, "preempted": preempted}
 
     def _scalars(self, terms, out, lrs, grad_norm, window, steps_per_epoch):
         scalars = {f"train/{k}": v for k, v in terms.items()}

@@ -7,10 +7,13 @@ and pid per row). Rank 0 then keeps each list index once, in list order, and wri
 `<dir>/feats.npy` + `<dir>/ids.txt`. A `meta.json` records everything the features were made
 from (evaluate.pipeline.features_made_by); a rerun with the same record skips what is on disk, any
 other record clears the folder and computes again, so stale features are never reused. A
-non-finite feature stops extraction naming the list line of its item.
+non-finite feature stops extraction naming the list line of its item; a full disk stops it naming the folder
+and the space needed, with no partial shard left behind.
 """
+import errno
 import json
 import os
+import shutil
 import time
 
 import numpy as np
@@ -19,7 +22,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from evaluate.features import NonFiniteFeatures, merge_shards, read_shard, save_features, write_shard, write_text
+from evaluate.features import (DTYPES, DiskFull, NonFiniteFeatures, merge_shards, read_shard, save_features,
+                               write_shard, write_text)
 from utils.distributed import barrier
 
 FEATURES = ("fused", "visual", "text")
@@ -54,6 +58,47 @@ def _clear(out_dir):
 
 def _write_meta(out_dir, meta):
     write_text(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=1))
+
+
+def _size(num_bytes):
+    """A byte count for a message: 512 bytes, 3.2 KB, 1.5 GB."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:.1f} {unit}"
+    return f"{num_bytes} bytes"
+
+
+def _write_or_disk_full(paths, needed, write):
+    """write(); on ENOSPC remove `paths` (a shard half of whose files fit) and raise DiskFull naming their folder,
+    the `needed` bytes and the free space (shutil.disk_usage)."""
+    try:
+        write()
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        for path in paths:
+            if os.path.exists(path):
+                os.remove(path)
+        folder = os.path.dirname(os.path.abspath(paths[0]))
+        raise DiskFull(f"{folder}: disk full writing {os.path.basename(paths[0])}: it needs {_size(needed)}, "
+                       f"{_size(shutil.disk_usage(folder).free)} are free; free space there or point eval.out_dir "
+                       "at a larger disk") from None
+
+
+def _features_bytes(num_rows, dim, dtype):
+    """An upper bound of the bytes of a feature file and its ids file (.npy header, up to 40 characters an id line)."""
+    return num_rows * dim * np.dtype(dtype).itemsize + 128 + 40 * num_rows
+
+
+def _first_error(error, world_size):
+    """The first rank's error of all ranks' `error` (None: none failed): a rank that stopped tells the others,
+    which would otherwise wait for it; any rank may be the one, so this gathers from all
+    (utils.distributed.from_rank0 shares rank 0's value only)."""
+    if world_size == 1:
+        return error
+    errors = [None] * world_size
+    dist.all_gather_object(errors, error)
+    return next((e for e in errors if e), None)
 
 
 @torch.no_grad()
@@ -125,18 +170,21 @@ def extract_features(model, dataset, out_dirs, rank=0, world_size=1, device="cpu
                                                  num_workers, collate_fn, desc)
         except NonFiniteFeatures as e:
             error = str(e)
-    # a rank that stopped tells the others, which would otherwise wait for it; any rank may be the one, so
-    # this gathers from all (utils.distributed.from_rank0 shares rank 0's value only)
-    if world_size > 1:
-        errors = [None] * world_size
-        dist.all_gather_object(errors, error)
-        error = next((e for e in errors if e), None)
+    error = _first_error(error, world_size)
     if error:
         raise NonFiniteFeatures(error)
     if todo:
-        for f in todo:
-            write_shard(*shard_paths(out_dirs[f], rank, world_size), feats[f], indices, pids, dtype)
-    elif rank == 0:
+        try:
+            for f in todo:
+                paths = shard_paths(out_dirs[f], rank, world_size)
+                _write_or_disk_full(paths, _features_bytes(*feats[f].shape, DTYPES[dtype]),
+                                    lambda: write_shard(*paths, feats[f], indices, pids, dtype))
+        except DiskFull as e:
+            error = str(e)
+    error = _first_error(error, world_size)
+    if error:
+        raise DiskFull(error)
+    if not todo and rank == 0:
         print(f"{desc}: features already on disk in {', '.join(out_dirs[f] for f in out_dirs)}", flush=True)
     barrier()
     if rank == 0:
@@ -145,7 +193,8 @@ def extract_features(model, dataset, out_dirs, rank=0, world_size=1, device="cpu
                 continue
             shards = [shard_paths(out_dirs[f], r, world_size) for r in range(world_size)]
             merged, merged_pids = merge_shards([read_shard(*p) for p in shards], len(dataset))
-            save_features(*merged_paths(out_dirs[f]), merged, merged_pids, dtype)
+            _write_or_disk_full(merged_paths(out_dirs[f]), _features_bytes(*merged.shape, DTYPES[dtype]),
+                                lambda: save_features(*merged_paths(out_dirs[f]), merged, merged_pids, dtype))
             for p in shards:
                 for path in p:
                     os.remove(path)

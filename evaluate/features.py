@@ -6,8 +6,10 @@ line, `pid \\t f1,f2,...,fD`. The authors write one such file per rank and conca
 their DistributedSampler pads the ranks with repeats of the first items, so an item may appear
 twice: a repeat with the same values is dropped (the first line kept, the drops counted), one
 with other values is an error naming both lines. Writes go through a temporary file and
-`os.replace`, so an interrupted run never leaves a half-written file behind for a resume to trust.
+`os.replace`, so an interrupted run never leaves a half-written file behind for a resume to trust, and a
+failed write (a full disk) removes its temporary file.
 """
+import contextlib
 import os
 
 import numpy as np
@@ -25,10 +27,20 @@ class NonFiniteFeatures(ValueError):
     """A feature row holds NaN or inf: it would be scored as if it meant something."""
 
 
+class DiskFull(OSError):
+    """A feature file did not fit on its disk (its partial file is removed); the message names the folder and
+    the space needed."""
+
+
 def _atomic(path, write):
     tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt: no partial file is left behind
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
 
 
 def write_text(path, text):

@@ -15,6 +15,9 @@ import random
 import numpy as np
 from PIL import Image
 
+from datasets.frames import require_regular_file
+from evaluate.features import write_text
+
 THUMB = (160, 120)  # max width, height of one embedded thumbnail
 VIDEO_FRAMES = 3  # frames shown per video, evenly spaced over its clip
 COLORS = {"query": "#1f5fd6", "gt": "#00a000", "other": "#e00000"}
@@ -37,8 +40,9 @@ body {{ font-family: "Noto Sans CJK SC", "WenQuanYi Micro Hei", "PingFang SC", "
 
 
 def thumbnail(path):
-    """base64 JPEG of an image, or None when it cannot be read."""
+    """base64 JPEG of an image, or None when it cannot be read (a FIFO or device among them, never opened)."""
     try:
+        require_regular_file(path)
         with Image.open(path) as im:
             im = im.convert("RGB")
             im.thumbnail(THUMB)
@@ -119,8 +123,7 @@ def render_page(rows, out_path, title, results=None):
             f'<style>{STYLE}</style></head><body><h2>{html.escape(title)}</h2>'
             f'{summary_html(results) if results else ""}<p>{legend}</p>{"".join(body)}</body></html>')
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w", encoding="utf-8") as f:
-        f.write(page)
+    write_text(out_path, page)  # atomic: a full disk or a kill leaves the previous page, never half of one
     return out_path
 
 

@@ -2,11 +2,16 @@
 provenance, search and scoring, the result page and the export for the authors' index scripts.
 
 Each function reads the config's sections and passes explicit arguments to evaluate.extract, .search,
-.metrics and .page; evaluation.py is the command line over them.
+.metrics and .page; evaluation.py is the command line over them. An evaluation (extract or run) holds a lock on
+each output folder it writes, so a second one on the same folders stops at once, naming the first.
 """
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import time
 
 import numpy as np
 
@@ -33,6 +38,55 @@ def out_dir(cfg, feature):
     if len(feature_names(cfg)) > 1 and "{feature}" not in template:
         raise ValueError(f"eval.out_dir={template!r}: eval.feature=all needs a '{{feature}}' in the path")
     return template.format(direction=cfg["eval"]["direction"], feature=feature)
+
+
+LOCK_NAME = ".eval.lock"
+
+
+class FolderInUse(RuntimeError):
+    """Another evaluation is writing the same output folder."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder):
+    """An exclusive flock on `folder`/.eval.lock for the life of the block, which records host, pid and start
+    time for the evaluation that finds it taken; where flock is not supported the block runs unlocked."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "a process that wrote no details"
+            raise FolderInUse(f"{folder} is in use by another evaluation ({holder}); wait for it to end or set "
+                              "another eval.out_dir") from None
+        except OSError as e:
+            print(f"{path}: flock is not supported here ({e.strerror}): evaluating without a lock", flush=True)
+        else:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"host {socket.gethostname()} pid {os.getpid()} since "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the flock; the file stays, so that two evaluations always lock the same file
+
+
+def lock_outputs(cfg, stack, rank, world_size):
+    """Rank 0 locks every output folder of eval.direction (the lock lasts as long as `stack`); every rank
+    stops with FolderInUse when one is taken."""
+    from utils.distributed import from_rank0
+
+    folders, error = sorted({out_dir(cfg, f) for f in feature_names(cfg)}), None
+    if rank == 0:
+        try:
+            for folder in folders:
+                stack.enter_context(folder_lock(folder))
+        except FolderInUse as e:
+            error = str(e)
+    error = from_rank0(error, world_size)
+    if error:
+        raise FolderInUse(error)
 
 
 def data_paths(cfg):
@@ -101,12 +155,20 @@ def load_eval_model(cfg, device, rank=0):
 
 
 def extract(cfg):
-    """Write query and gallery features of eval.direction (every feature of eval.feature); returns the rank."""
+    """Write query and gallery features of eval.direction (every feature of eval.feature) under the lock of
+    its output folders; returns the rank."""
+    with contextlib.ExitStack() as stack:
+        return _extract(cfg, stack)
+
+
+def _extract(cfg, stack):
+    """extract, with the output folders' lock entered on `stack` (held beyond extraction by evaluate_direction)."""
     from datasets import build_eval_dataset, collate_eval
     from datasets.annotations import GALLERY_DOMAIN, QUERY_DOMAIN
     from utils.distributed import init_distributed
 
     rank, _, world_size, device = init_distributed(cfg["dist_backend"])
+    lock_outputs(cfg, stack, rank, world_size)
     if cfg["train"]["threads"]:
         import torch
         torch.set_num_threads(cfg["train"]["threads"])
@@ -246,11 +308,12 @@ def evaluate_direction(cfg):
     """Extract (on every rank) -> search and score -> page (rank 0). Returns {feature: results} on rank 0, else None."""
     from utils.distributed import cleanup
 
-    rank = extract(cfg)
-    cleanup()  # rank 0 searches alone: no collective may wait on it
-    if rank != 0:
-        return None
-    results = search_direction(cfg)
-    if cfg["eval"]["page_queries"] > 0:
-        print(f"page: {make_page(cfg)}", flush=True)
-    return results
+    with contextlib.ExitStack() as stack:  # rank 0 holds the output folders' lock until its page is written
+        rank = _extract(cfg, stack)
+        cleanup()  # rank 0 searches alone: no collective may wait on it
+        if rank != 0:
+            return None
+        results = search_direction(cfg)
+        if cfg["eval"]["page_queries"] > 0:
+            print(f"page: {make_page(cfg)}", flush=True)
+        return results

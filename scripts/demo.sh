@@ -10,6 +10,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 sh "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
 PY=.venv/bin/python
+# the launch scripts run the .venv just set up, not an environment that happens to be activated
+PYTHON="$ROOT/$PY"
+export PYTHON
 CONFIG=configs/demo.yaml
 OUT=outputs/demo
 

@@ -13,6 +13,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 sh "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
 PY=.venv/bin/python
+# the launch scripts run the .venv just set up, not an environment that happens to be activated
+PYTHON="$ROOT/$PY"
+export PYTHON
 PRE=configs/demo_pretrain.yaml
 FT=configs/demo.yaml
 OUT=outputs/demo_pretrain

@@ -12,6 +12,29 @@ if sys.path[0] != REPO_ROOT:
 
 from tests.helpers import MINI_SIZES, save_family  # noqa: E402  (needs REPO_ROOT on sys.path)
 
+@pytest.fixture(autouse=True)
+def fresh_loggers():
+    """Undo what utils.logging.setup_logger did in a test run in-process: its handlers write to streams pytest
+    closes after the test, so a later test's log line would end in a "--- Logging error ---" block."""
+    yield
+    import logging
+
+    from utils.logging import LOGGER_NAME
+
+    run = logging.getLogger(LOGGER_NAME)
+    for handler in list(run.handlers):
+        run.removeHandler(handler)
+        handler.close()
+    run.propagate = True
+    run.setLevel(logging.NOTSET)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) in (logging.StreamHandler, logging.FileHandler):  # not pytest's own capture handlers
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(logging.WARNING)
+
+
 @pytest.fixture(scope="session")
 def mini_root(tmp_path_factory):
     """Path (str) of a mini dataset in the docs/DATA_FORMAT.md layout, generated once per test session."""

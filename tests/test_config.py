@@ -13,7 +13,8 @@ import main_cross_domain_emb as entry
 from engine.checks import CHOICES, preflight, run_cli, validate_config
 from engine.run_dir import config_changes
 from engine.trainer import NonFiniteLoss
-from evaluate.features import NonFiniteFeatures
+from evaluate.features import DiskFull, NonFiniteFeatures
+from evaluate.pipeline import FolderInUse
 from utils.checkpoint import CheckpointWriteError, WeightsMismatch
 from utils.config import ConfigError, load_config, save_config
 from utils.distributed import UnsupportedGPU
@@ -179,6 +180,8 @@ def fails_with(error):
     (WeightsMismatch("x does not fit"), "error: x does not fit", 2),
     (ValueError("data.image_size=64 differs"), "error: data.image_size=64 differs", 2),
     (NonFiniteFeatures("a feature row holds NaN"), "error: a feature row holds NaN", 1),
+    (DiskFull("out/gallery: disk full writing shard_0_of_1.npy"), "error: out/gallery: disk full writing shard_0_of_1.npy", 1),
+    (FolderInUse("out/gallery is in use by another evaluation"), "error: out/gallery is in use by another evaluation", 1),
     (NonFiniteLoss("non-finite loss"), None, 1),
     (CheckpointWriteError(28, "No space left"), None, 1),
 ])

@@ -21,7 +21,21 @@ class ConfigError(ValueError):
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-4` as a float (YAML 1.1 wants `1.0e-4`)."""
+    """SafeLoader that reads `1e-4` as a float (YAML 1.1 wants `1.0e-4`) and refuses a key given twice in one
+    mapping (PyYAML keeps the last silently, so the first line would look set and be ignored)."""
+
+    def construct_mapping(self, node, deep=False):
+        first = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = (key_node.tag, key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise ConfigError(f"{key_node.start_mark.name}: key '{key_node.value}' is set twice, on lines "
+                                  f"{first[key]} and {line}: keep one")
+            first[key] = line
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(

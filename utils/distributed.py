@@ -60,16 +60,30 @@ def _ranks_from_env(env):
     return 0, 0, 1, "single"
 
 
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process of that pid
+        return True
+    return True
+
+
 def watch_launcher(interval=2.0):
-    """Stop this process when the launcher that started it (torchrun) dies: a `kill -9` of torchrun
-    would otherwise leave its workers training, reparented to init. A daemon thread polls the
-    parent pid (PR_SET_PDEATHSIG is not used: it fires when the parent *thread* that forked us ends)."""
+    """Stop this process when the launcher that started it (torchrun) dies, or the launch script above it
+    (its pid in QCD_LAUNCH_PID: train.sh keeps running beside torchrun to turn stop signals into its exit
+    code): a `kill -9` of either would otherwise leave the workers training, reparented to init. A daemon
+    thread polls the pids (PR_SET_PDEATHSIG is not used: it fires when the parent *thread* that forked us
+    ends)."""
     parent = os.getppid()
+    script = int(os.environ["QCD_LAUNCH_PID"]) if os.environ.get("QCD_LAUNCH_PID") else None
 
     def watch():
-        while os.getppid() == parent:
+        while os.getppid() == parent and (script is None or _alive(script)):
             time.sleep(interval)
-        sys.stderr.write(f"launcher (pid {parent}) is gone: stopping worker {os.getpid()}\n")
+        gone = parent if os.getppid() != parent else script
+        sys.stderr.write(f"launcher (pid {gone}) is gone: stopping worker {os.getpid()}\n")
         sys.stderr.flush()
         os._exit(1)
 
@@ -79,12 +93,38 @@ def watch_launcher(interval=2.0):
 # dist_backend: auto = nccl with CUDA, else gloo
 BACKENDS = ("auto", "nccl", "gloo")
 
+# what marks a job that was given GPUs: SLURM's variables for --gres/--gpus. CUDA_VISIBLE_DEVICES alone is not a
+# sign (set to "" it is the usual way to run on the CPU), nor is nvidia-smi on the PATH (a CPU-only torch on a
+# workstation with a GPU is a valid CPU run).
+GPU_JOB_VARS = ("SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
 
-def pick_backend(requested, cuda_available):
+
+def gpu_job_marker(env):
+    """The variable that says this job was given GPUs ('NAME=value'), or None."""
+    for name in GPU_JOB_VARS:
+        if env.get(name):
+            return f"{name}={env[name]}"
+    return None
+
+
+def _no_cuda_reason():
+    build = f"torch {torch.__version__} " + (f"built for CUDA {torch.version.cuda}" if torch.version.cuda
+                                              else "is a CPU-only build")
+    return (f"torch sees no CUDA device ({build}): check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES, or "
+            f"install the cluster environment: {CLUSTER_ENV_HINT}")
+
+
+def pick_backend(requested, cuda_available, gpu_job=None):
+    """The process-group backend for dist_backend=`requested`. A GPU job that sees no GPU (`gpu_job`: what marks
+    it, gpu_job_marker) raises UnsupportedGPU rather than falling back to CPU processes on gloo."""
+    if requested == "nccl" and not cuda_available:
+        raise UnsupportedGPU(f"dist_backend=nccl needs CUDA but {_no_cuda_reason()}; use gloo (or auto) on a "
+                             "CPU machine")
+    if requested == "auto" and not cuda_available and gpu_job:
+        raise UnsupportedGPU(f"dist_backend=auto on a GPU job ({gpu_job}) but {_no_cuda_reason()}; "
+                             "set dist_backend=gloo to run on CPU")
     if requested == "auto":
         return "nccl" if cuda_available else "gloo"
-    if requested == "nccl" and not cuda_available:
-        raise RuntimeError("dist_backend=nccl needs CUDA; use gloo (or auto) on a CPU machine")
     return requested
 
 
@@ -96,6 +136,7 @@ def init_distributed(backend):
     if source == "torchrun":
         watch_launcher()
     cuda = torch.cuda.is_available()
+    backend = pick_backend(backend, cuda, gpu_job_marker(env))
     # plain srun may bind each task to its own GPU(s), so SLURM_LOCALID can exceed the visible devices
     gpu = local_rank % torch.cuda.device_count() if cuda and source == "slurm" else local_rank
     device = torch.device("cuda", gpu) if cuda else torch.device("cpu")
@@ -107,7 +148,6 @@ def init_distributed(backend):
             raise RuntimeError("SLURM launch without torchrun: export MASTER_ADDR and MASTER_PORT before srun "
                                "(the first node of the job and a free port), or launch with scripts/slurm_train.sh, "
                                "which starts torchrun on each node")
-        backend = pick_backend(backend, cuda)
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(minutes=60),
                                 device_id=device if backend == "nccl" else None)
