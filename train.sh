@@ -53,13 +53,15 @@ if [ "$NNODES" = 1 ] && [ -z "$MASTER_PORT" ]; then
 else
     RDZV="--nnodes=$NNODES --node_rank=${NODE_RANK:-0} --master_addr=${MASTER_ADDR:-127.0.0.1} --master_port=${MASTER_PORT:-29500}"
 fi
-# shellcheck disable=SC2086  # RDZV holds several options
 # torchrun in the background, so that a stop request (SLURM's TERM, USR1, Ctrl-C) reaches it as the TERM it
 # forwards to the workers (USR1 would kill torchrun itself): they checkpoint at the next step and exit 75
 PREEMPTED=
 QCD_LAUNCH_PID=$$  # the workers stop if this script is killed (utils.distributed.watch_launcher)
 export QCD_LAUNCH_PID
-"$PYTHON" -m torch.distributed.run $RDZV --nproc_per_node="$NPROC_PER_NODE" \
+# utils.distributed.torchrun: a failure of the workers ends with their one error line and their exit code
+TORCHRUN='import sys; sys.path.insert(0, sys.argv.pop(1)); from utils.distributed import torchrun; sys.exit(torchrun(sys.argv[1:]))'
+# shellcheck disable=SC2086  # RDZV holds several options
+"$PYTHON" -c "$TORCHRUN" "$ROOT" -m torch.distributed.run $RDZV --nproc_per_node="$NPROC_PER_NODE" \
     "$ROOT/main_cross_domain_emb.py" --config "$CONFIG" "$@" &
 PID=$!
 trap 'PREEMPTED=1; kill -TERM "$PID" 2>/dev/null' TERM INT USR1

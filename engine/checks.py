@@ -29,7 +29,7 @@ from models.weights import WEIGHTS_HELP, check_weights
 from utils.checkpoint import (LATEST, CheckpointFileError, CheckpointWriteError, WeightsMismatch, read_torch_file,
                               step_checkpoints)
 from utils.config import ConfigError, load_config
-from utils.distributed import BACKENDS, UnsupportedGPU
+from utils.distributed import BACKENDS, UnsupportedGPU, write_error_file
 from utils.logging import LOGGER_NAME
 
 log = logging.getLogger(LOGGER_NAME)
@@ -356,15 +356,20 @@ def run_cli(fn, *args, input_code=2):
     """fn(*args) -> its exit code, or the exit code of its failure (FAILURES), reported in one line.
 
     input_code: the exit code of a failure in the run's input (2 for main_cross_domain_emb.py; evaluation.py
-    exits 1)."""
+    exits 1).
+    Under torchrun (which sets TORCHELASTIC_ERROR_FILE per worker) the line goes to that file instead of stderr:
+    the launcher (utils.distributed.torchrun) then prints one line for all the ranks, last."""
     try:
         return fn(*args)
     except Exception as e:
         for kinds, prefix, code in FAILURES:
             if isinstance(e, kinds):
+                line, code = f"{'error' if prefix == 'log' else prefix}: {e}", input_code if code == INPUT else code
                 if prefix == "log":
                     log.error("%s", e)
-                else:
-                    print(f"{prefix}: {e}", file=sys.stderr)
-                return input_code if code == INPUT else code
+                if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+                    write_error_file(os.environ["TORCHELASTIC_ERROR_FILE"], line, code)
+                elif prefix != "log":
+                    print(line, file=sys.stderr)
+                return code
         raise

@@ -27,12 +27,14 @@ EXCL_LOCK_NAME = ".lock.excl"  # the lock where flock is not supported
 
 # Settings that may differ between a run and its continuation: where and how often it writes and
 # logs, how long it goes on, how its work is spread over processes (a new world size or batch size
-# keeps the share of the epoch done, see Trainer._renumber), where the data folder is mounted, and
+# keeps the share of the epoch done, see Trainer._renumber), where the data folder is mounted, the base
+# lrs (a lower one continues the schedule from the resumed step: the advice for a non-finite loss) and
 # everything of evaluation. init_from and init_strict only act on a run's first start.
 RESUME_FREE_KEYS = ("resume", "output_dir", "config_path", "init_from", "init_strict", "dist_backend",
                     "data.root", "data.num_workers", "train.max_steps", "train.log_every", "train.threads",
                     "train.save_every_steps", "train.save_every_minutes", "train.keep_last", "train.batch_size",
-                    "train.find_unused_parameters")
+                    "train.find_unused_parameters", "train.lr", "train.lr_visual", "train.lr_recon",
+                    "pretrain.lr_new")
 RESUME_FREE_PREFIXES = ("eval.",)
 
 

@@ -71,12 +71,29 @@ def reduce_terms(terms, world_size):
     return dict(zip(names, values.tolist()))
 
 
-def check_finite(terms, global_step, last_checkpoint):
+def lower_lr_overrides(cfg):
+    """Command-line overrides halving every base lr the config sets (train.lr, lr_visual, lr_recon, pretrain.lr_new)."""
+    t, lr_new = cfg["train"], cfg["pretrain"]["lr_new"]
+    rates = [("train.lr", t["lr"]), ("train.lr_visual", t["lr_visual"]), ("train.lr_recon", t["lr_recon"])]
+    if lr_new is not None:
+        rates.append(("pretrain.lr_new", lr_new))
+    return " ".join(f"{key}={value / 2:g}" for key, value in rates)
+
+
+def check_finite(terms, global_step, last_checkpoint, cfg):
     # the weighted total last, so that the message names the term that went wrong
     for name, value in sorted(terms.items(), key=lambda kv: (kv[0] == "loss", kv[0])):
         if not math.isfinite(value):
+            lower = lower_lr_overrides(cfg)
+            if last_checkpoint:
+                # a fresh run goes to another folder: resume=null here would set the checkpoint aside
+                advice = (f"To go on at half the lr, rerun with resume={last_checkpoint} {lower} (the schedule "
+                          f"continues from its step), or start afresh from its weights with output_dir=<a new "
+                          f"folder> init_from={last_checkpoint} {lower}")
+            else:
+                advice = f"To start again at half the lr, rerun with resume=null {lower}"
             raise NonFiniteLoss(
-                f"non-finite {name} = {value} at step {global_step}; stopping. "
+                f"non-finite {name} = {value} at step {global_step}; stopping. {advice}. "
                 f"Last good checkpoint: {last_checkpoint or 'none written in this run'}")
 
 
@@ -135,6 +152,17 @@ def log_init_from(report, path):
     for kind in ("missing", "unexpected", "mismatched"):
         if report[kind]:
             log.warning("init_from: %d %s (not loaded): %s", len(report[kind]), kind, ", ".join(report[kind]))
+
+
+def renumbered_line(state, step, world_size, t, total_steps):
+    """What is left of a run renumbered onto another world size or batch size: train.max_steps counts steps of
+    the new one, like the schedule, which is restated over the new epoch lengths."""
+    end = min(t["max_steps"] or total_steps, total_steps)
+    left = max(0, end - step)
+    limit = f"max_steps={t['max_steps']}" if t["max_steps"] else "no max_steps: the schedule's end"
+    return (f"resumed step {state.global_step} of {state.world_size} x {state.batch_size} samples as step {step} "
+            f"of {world_size} x {t['batch_size']}: {limit} trains {left} more steps ({left * t['batch_size']} "
+            f"samples x {world_size} ranks); schedule 0 .. {total_steps} steps")
 
 
 class Trainer:
@@ -202,7 +230,14 @@ class Trainer:
                               "resume=null to start afresh") from None
         self.optimizer.load_state_dict(state.optimizer)
         load_scaler_state(self.scaler, state.scaler)
-        self.scheduler.load_base_lrs(state.scheduler)
+        configured = self.scheduler.base_lrs
+        self.scheduler.load_base_lrs(state.scheduler)  # checks that the parameter groups match
+        if self.scheduler.base_lrs != configured:
+            log.warning("base lrs changed on resume (%s): the schedule goes on from the resumed step with the new "
+                        "ones", ", ".join(f"{g['name']} {a:.3g} -> {b:.3g}" for g, a, b in zip(
+                            self.optimizer.param_groups, self.scheduler.base_lrs, configured) if a != b))
+        # the config's base lrs (train.lr etc. may change on resume: engine.run_dir.RESUME_FREE_KEYS)
+        self.scheduler.base_lrs = configured
         self.epoch, self.step_in_epoch, self.global_step = state.epoch, state.step_in_epoch, state.global_step
         self._renumber(state)
         self.last_saved_step = self.global_step
@@ -225,6 +260,7 @@ class Trainer:
                     "step %d of epoch %d (global step %d); the data order differs from the original run",
                     old[:epoch + 1], state.world_size, state.batch_size, new[:epoch + 1], self.step_in_epoch,
                     epoch, self.global_step)
+        log.info("%s", renumbered_line(state, self.global_step, self.world_size, self.t, sum(new)))
 
     def _set_aside_later_checkpoints(self):
         barrier()  # every rank has read its checkpoint before rank 0 renames any
@@ -276,7 +312,7 @@ class Trainer:
         with autocast:
             out = self.model_ddp(batch)
         terms = reduce_terms({k: v for k, v in out.items() if k.startswith("loss")}, self.world_size)
-        check_finite(terms, self.global_step + 1, self.last_ckpt)
+        check_finite(terms, self.global_step + 1, self.last_ckpt, self.cfg)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out["loss"]).backward()
         grad_norm = None

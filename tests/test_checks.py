@@ -201,9 +201,9 @@ def fake_checkpoint(path, cfg, legacy=False):
 
 @pytest.mark.parametrize("legacy", [False, True])
 def test_a_resumed_checkpoint_of_other_settings_is_one_line_listing_them(mini_root, tmp_path, legacy):
-    ckpt = fake_checkpoint(tmp_path / "old.pth.tar", demo(mini_root, tmp_path, "train.lr=0.5"), legacy)
-    checked(demo(mini_root, tmp_path, f"resume={ckpt}", "train.lr=0.5", "train.max_steps=7"))
-    with pytest.raises(ConfigError, match=r"was written by a run with other settings: train.lr: 0.5 -> 0.002\. "
+    ckpt = fake_checkpoint(tmp_path / "old.pth.tar", demo(mini_root, tmp_path, "train.weight_decay=0.5"), legacy)
+    checked(demo(mini_root, tmp_path, f"resume={ckpt}", "train.weight_decay=0.5", "train.max_steps=7"))
+    with pytest.raises(ConfigError, match=r"was written by a run with other settings: train.weight_decay: 0.5 -> 0.0\. "
                                           "Pick another output_dir, or pass resume=null") as e:
         checked(demo(mini_root, tmp_path, f"resume={ckpt}"))
     assert "\n" not in str(e.value)

@@ -136,8 +136,8 @@ def test_resolved_config_round_trips(tmp_path):
 
 def test_config_changes_between_checkpoint_and_resumed_run():
     old = load_config(BASE)
-    new = load_config(BASE, ["train.lr=1e-3", "train.max_steps=10", "loss.weights.qt=0.5", "output_dir=elsewhere"])
-    assert config_changes(old, new) == ["loss.weights.qt: 1.0 -> 0.5", "train.lr: 0.0001 -> 0.001"]
+    new = load_config(BASE, ["train.weight_decay=1e-3", "train.max_steps=10", "loss.weights.qt=0.5", "output_dir=elsewhere"])
+    assert config_changes(old, new) == ["loss.weights.qt: 1.0 -> 0.5", "train.weight_decay: 0.0 -> 0.001"]
     assert config_changes(old, old) == []
 
 

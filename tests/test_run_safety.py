@@ -51,11 +51,11 @@ def test_a_finished_run_is_left_untouched(finished_run, mini_root, capsys):
 @pytest.mark.parametrize("max_steps", [2, 4])  # the run is finished / would go on
 def test_another_config_in_a_used_output_dir_is_refused_before_writing(finished_run, mini_root, max_steps, capsys):
     before = snapshot(finished_run)
-    assert entry.main(argv(mini_root, finished_run, f"train.max_steps={max_steps}", "train.lr=0.5",
+    assert entry.main(argv(mini_root, finished_run, f"train.max_steps={max_steps}", "train.weight_decay=0.5",
                            "loss.weights.qt=2")) == 2
     err = capsys.readouterr().err
     assert "was written by a run with other settings" in err
-    assert "loss.weights.qt: 1.0 -> 2.0" in err and "train.lr: 0.002 -> 0.5" in err and "resume=null" in err
+    assert "loss.weights.qt: 1.0 -> 2.0" in err and "train.weight_decay: 0.0 -> 0.5" in err and "resume=null" in err
     assert "train.max_steps" not in err.split("other settings")[1].split("Pick another")[0]
     assert snapshot(finished_run) == before
 

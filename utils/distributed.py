@@ -6,6 +6,7 @@ SLURM_LOCALID and MASTER_ADDR / MASTER_PORT must be exported by the batch script
 (scripts/slurm_train.sh launches torchrun instead, so it takes the first path).
 """
 import datetime
+import json
 import os
 import re
 import sys
@@ -175,3 +176,42 @@ def barrier():
 def cleanup():
     if is_dist():
         dist.destroy_process_group()
+
+
+def write_error_file(path, line, code):
+    """Record a worker's one-line failure and its exit code in torchrun's error file (TORCHELASTIC_ERROR_FILE),
+    for `torchrun`: the code too, as torchrun may stop the worker (SIGTERM) before it exits."""
+    with open(path, "w", encoding="utf-8") as f:  # "message", "timestamp": what torchrun reads
+        json.dump({"message": line, "timestamp": int(time.time()), "line": line, "exitcode": code}, f)
+
+
+def failure_line(failures):
+    """(the line, the exit code) that stand for the failed workers of a torchrun (rank -> ProcessFailure): the
+    line of the lowest rank that wrote one (write_error_file), else the first exit of the lowest rank."""
+    written = [r for r in sorted(failures) if "line" in failures[r].error_file_data]
+    if written:
+        failure = failures[written[0]]
+        return failure.error_file_data["line"], failure.error_file_data["exitcode"]
+    exited = [r for r in sorted(failures) if failures[r].exitcode > 0] or sorted(failures)
+    rank, failure = exited[0], failures[exited[0]]
+    how = (f"exited with code {failure.exitcode}" if failure.exitcode > 0
+           else f"was stopped by {failure.signal_name()}")
+    return f"error: worker rank {rank} {how}; its output above says why", max(failure.exitcode, 1)
+
+
+def torchrun(argv):
+    """torchrun in this process (argv: `-m torch.distributed.run` and its arguments, as the launch scripts pass
+    them) -> the exit code. When workers fail it prints failure_line's line, and exits with their code (2 bad
+    input, 1 a failed run), instead of torchrun's traceback of ChildFailedError and exit code 1."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    if argv[:2] != ["-m", "torch.distributed.run"]:
+        raise SystemExit(f"usage: python -c ... -m torch.distributed.run [torchrun arguments], got {argv[:2]}")
+    try:
+        run(parse_args(argv[2:]))
+    except ChildFailedError as e:
+        line, code = failure_line(e.failures)
+        print(line, file=sys.stderr, flush=True)
+        return code
+    return 0
