@@ -26,8 +26,8 @@ from models.pretrain import STAGE_TERMS
 from models.backbone import clip_arguments
 from models.video_pooling import POOLINGS
 from models.weights import WEIGHTS_HELP, check_weights
-from utils.checkpoint import (LATEST, CheckpointFileError, CheckpointWriteError, WeightsMismatch, read_torch_file,
-                              step_checkpoints)
+from utils.checkpoint import (CheckpointFileError, CheckpointWriteError, WeightsMismatch, read_torch_file,
+                              resume_candidates)
 from utils.config import ConfigError, load_config
 from utils.distributed import BACKENDS, UnsupportedGPU, write_error_file
 from utils.logging import LOGGER_NAME
@@ -214,21 +214,22 @@ def stored_config(path, setting):
     """The config stored in checkpoint `path` (None for a checkpoint without one). The file is memory-mapped, so
     only the pickled part is read; a file torch cannot map (the pre-1.6 format) is read whole."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = _mapped(path)
     except Exception:
         state = read_torch_file(path, "a checkpoint written by torch.save", setting)
     config = state.get("config") if isinstance(state, dict) else None
     return config if isinstance(config, dict) else None
 
 
+def _mapped(path):
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
 def _latest_checkpoint(output_dir):
     """The checkpoint resume=auto continues from, mapped as `stored_config` does: the newest that opens."""
-    candidates = [p for _, p in reversed(step_checkpoints(output_dir))] if os.path.isdir(output_dir) else []
-    if os.path.isfile(os.path.join(output_dir, LATEST)):
-        candidates.append(os.path.join(output_dir, LATEST))
-    for path in candidates:
+    for path in resume_candidates(output_dir):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = _mapped(path)
         except Exception:  # unreadable: training skips it too (utils.checkpoint.find_latest_valid)
             continue
         return path, state.get("config") if isinstance(state, dict) else None

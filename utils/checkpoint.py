@@ -159,13 +159,18 @@ def _check(path):
     return state
 
 
-def find_latest_valid(output_dir):
-    """(path, state) of the newest checkpoint in output_dir that loads completely, or (None, None)."""
+def resume_candidates(output_dir):
+    """The checkpoints resume=auto tries, in its order: the step checkpoints newest first, then LATEST."""
     candidates = [p for _, p in reversed(step_checkpoints(output_dir))]
     latest = os.path.join(output_dir, LATEST)
     if os.path.exists(latest):
         candidates.append(latest)
-    for path in candidates:
+    return candidates
+
+
+def find_latest_valid(output_dir):
+    """(path, state) of the newest checkpoint in output_dir that loads completely, or (None, None)."""
+    for path in resume_candidates(output_dir):
         try:
             return path, _check(path)
         except Exception as e:  # a truncated zip raises RuntimeError, a foreign file anything
