@@ -169,4 +169,4 @@ def main(argv=None):
 if __name__ == "__main__":
     from engine.checks import run_cli
 
-    sys.exit(run_cli(main, input_code=1))
+    sys.exit(run_cli(main))

@@ -58,10 +58,9 @@ fi
 PREEMPTED=
 QCD_LAUNCH_PID=$$  # the workers stop if this script is killed (utils.distributed.watch_launcher)
 export QCD_LAUNCH_PID
-# utils.distributed.torchrun: a failure of the workers ends with their one error line and their exit code
-TORCHRUN='import sys; sys.path.insert(0, sys.argv.pop(1)); from utils.distributed import torchrun; sys.exit(torchrun(sys.argv[1:]))'
+# scripts/torchrun.py: a failure of the workers ends with their one error line and their exit code
 # shellcheck disable=SC2086  # RDZV holds several options
-"$PYTHON" -c "$TORCHRUN" "$ROOT" -m torch.distributed.run $RDZV --nproc_per_node="$NPROC_PER_NODE" \
+"$PYTHON" "$ROOT/scripts/torchrun.py" -m torch.distributed.run $RDZV --nproc_per_node="$NPROC_PER_NODE" \
     "$ROOT/main_cross_domain_emb.py" --config "$CONFIG" "$@" &
 PID=$!
 trap 'PREEMPTED=1; kill -TERM "$PID" 2>/dev/null' TERM INT USR1

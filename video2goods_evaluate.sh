@@ -70,8 +70,7 @@ if [ "$NNODES" = 1 ] && [ -z "$MASTER_PORT" ]; then
 else
     RDZV="--nnodes=$NNODES --node_rank=${NODE_RANK:-0} --master_addr=${MASTER_ADDR:-127.0.0.1} --master_port=${MASTER_PORT:-29511}"
 fi
-# utils.distributed.torchrun: a failure of the workers ends with their one error line and their exit code
-TORCHRUN='import sys; sys.path.insert(0, sys.argv.pop(1)); from utils.distributed import torchrun; sys.exit(torchrun(sys.argv[1:]))'
+# scripts/torchrun.py: a failure of the workers ends with their one error line and their exit code
 # shellcheck disable=SC2086  # RDZV holds several options
-exec "$PYTHON" -c "$TORCHRUN" "$ROOT" -m torch.distributed.run $RDZV --nproc_per_node="$NPROC_PER_NODE" \
+exec "$PYTHON" "$ROOT/scripts/torchrun.py" -m torch.distributed.run $RDZV --nproc_per_node="$NPROC_PER_NODE" \
     "$ROOT/evaluation.py" run --config "$CONFIG" "eval.checkpoint=$CKPT" "eval.direction=$DIRECTION" "$@"

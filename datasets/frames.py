@@ -19,7 +19,13 @@ FRAME_SOURCES = ("images", "raw")
 class UnreadableImage(OSError):
     """A frame, image or video that is missing or cannot be decoded; `path` names the file."""
 
-    def __init__(self, path, reason):
+    def __init__(self, path, reason=None):
+        if reason is None:
+            # Re-raised by a DataLoader from its worker as UnreadableImage(report): the worker's traceback,
+            # whose last line is this exception's own message; keep that line (a one-line error).
+            last = str(path).strip().splitlines()[-1].split("UnreadableImage: ", 1)[-1]
+            path, _, reason = last.rpartition(": unreadable (")
+            reason = reason[:-1] if reason.endswith(")") else reason
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: unreadable ({reason})")

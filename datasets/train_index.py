@@ -222,10 +222,14 @@ def _build_into(path, english_file, key, folder, stale):
     tmp = f"{folder}.partial{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     start = time.perf_counter()
-    lines, duplicates = _build(path, english_file, tmp)
+    try:
+        lines, duplicates = _build(path, english_file, tmp)
+        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+            json.dump({**key, "lines": lines, "duplicate_lines": duplicates}, f)
+    except BaseException:  # a bad line, a full disk, Ctrl-C: leave no partial folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     log.info("indexed %s in %.1f s into %s (later runs map it)", path, time.perf_counter() - start, folder)
-    with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-        json.dump({**key, "lines": lines, "duplicate_lines": duplicates}, f)
     if stale:
         old = f"{folder}.corrupt{os.getpid()}"
         try:

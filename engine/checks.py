@@ -10,7 +10,7 @@ import torch
 from datasets.annotations import DIRECTIONS, AnnotationError, DatasetPaths, iter_lines
 from datasets.eval_dataset import TEST_FRAMES, TEST_TEXTS
 from datasets.families import ENGLISH_FAMILIES, FAMILIES, HF_MODEL_TYPES
-from datasets.frames import FRAME_SOURCES
+from datasets.frames import FRAME_SOURCES, UnreadableImage
 from datasets.transforms import PREPROCESS_PROFILES
 from datasets.translations import ENGLISH_RULES, is_line_aligned, read_translations
 from engine.run_dir import RunDirError, config_changes
@@ -337,8 +337,8 @@ def checked_config(config_path, overrides, evaluate=False):
     return cfg
 
 
-# INPUT: the failure is in what the run was given; the exit code is the command line's (run_cli's input_code).
-INPUT = "input"
+# the exit code of a failure in what the run was given, as argparse's usage errors; a failed run exits 1
+INPUT = 2
 # Each failure, first match first: (exceptions, how it is reported, exit code). "log": through the run's logger,
 # which has already said where the run stands; otherwise printed to stderr after that prefix.
 FAILURES = (
@@ -348,16 +348,13 @@ FAILURES = (
     # ValueError: also weights of another model family (check_weights), sizes that do not fit them, and the
     # subclasses AnnotationError, WeightsMismatch, CheckpointFileError
     ((FileNotFoundError, UnsupportedGPU, RunDirError, AnnotationError, WeightsMismatch, CheckpointFileError,
-      ValueError), "error", INPUT),
+      UnreadableImage, ValueError), "error", INPUT),
     ((NonFiniteLoss, CheckpointWriteError), "log", 1),
 )
 
 
-def run_cli(fn, *args, input_code=2):
+def run_cli(fn, *args):
     """fn(*args) -> its exit code, or the exit code of its failure (FAILURES), reported in one line.
-
-    input_code: the exit code of a failure in the run's input (2 for main_cross_domain_emb.py; evaluation.py
-    exits 1).
     Under torchrun (which sets TORCHELASTIC_ERROR_FILE per worker) the line goes to that file instead of stderr:
     the launcher (utils.distributed.torchrun) then prints one line for all the ranks, last."""
     try:
@@ -365,7 +362,7 @@ def run_cli(fn, *args, input_code=2):
     except Exception as e:
         for kinds, prefix, code in FAILURES:
             if isinstance(e, kinds):
-                line, code = f"{'error' if prefix == 'log' else prefix}: {e}", input_code if code == INPUT else code
+                line = f"{'error' if prefix == 'log' else prefix}: {e}"
                 if prefix == "log":
                     log.error("%s", e)
                 if os.environ.get("TORCHELASTIC_ERROR_FILE"):

@@ -17,7 +17,7 @@ import socket
 import time
 
 from utils.config import ConfigError, flatten
-from utils.distributed import from_rank0
+from utils.distributed import from_rank0, pid_alive
 from utils.logging import LOGGER_NAME
 
 log = logging.getLogger(LOGGER_NAME)
@@ -98,13 +98,7 @@ def _holder_is_dead(holder):
     parts = holder.split()
     if len(parts) < 4 or parts[0] != "host" or parts[1] != socket.gethostname() or not parts[3].isdigit():
         return False
-    try:
-        os.kill(int(parts[3]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        pass
-    return False
+    return not pid_alive(int(parts[3]))
 
 
 class RunLock:

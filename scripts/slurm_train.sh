@@ -100,12 +100,11 @@ trap on_usr1 USR1
 # srun does not inherit --cpus-per-task from sbatch (Slurm 22.05 and later): pass it on
 CPUS=""
 [ -n "$SLURM_CPUS_PER_TASK" ] && CPUS="--cpus-per-task=$SLURM_CPUS_PER_TASK"
-# utils.distributed.torchrun: a failure of the workers ends with their one error line and their exit code
-TORCHRUN='import sys; sys.path.insert(0, sys.argv.pop(1)); from utils.distributed import torchrun; sys.exit(torchrun(sys.argv[1:]))'
+# scripts/torchrun.py: a failure of the workers ends with their one error line and their exit code
 # one task per node; each task's torchrun starts NPROC_PER_NODE training processes
 # shellcheck disable=SC2086  # CPUS is one option or none
 srun --ntasks="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 $CPUS \
-    "$PYTHON" -c "$TORCHRUN" "$ROOT" -m torch.distributed.run \
+    "$PYTHON" "$ROOT/scripts/torchrun.py" -m torch.distributed.run \
     --nnodes="$NNODES" --nproc_per_node="$NPROC_PER_NODE" \
     --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT" \
     "$ROOT/main_cross_domain_emb.py" --config "$CONFIG" "$@" &

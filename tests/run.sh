@@ -23,4 +23,5 @@ echo "[tests] $REQS: $("$VENV/bin/python" -c 'import torch; print("torch", torch
 # the launch scripts the tests start (train.sh, the evaluate scripts) use the same interpreter
 PYTHON="$ROOT/$VENV/bin/python"
 export PYTHON
-exec "$PYTHON" -m pytest -q tests "$@"
+# a test still running after 15 minutes has hung: pytest-timeout prints every thread's stack and stops the run
+exec "$PYTHON" -m pytest -q -o timeout=900 -o timeout_method=thread tests "$@"

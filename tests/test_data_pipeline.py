@@ -309,6 +309,25 @@ def test_eval_video_items_take_segment_centres_in_list_order(tmp_path, tokenizer
     assert batch["pid"].tolist() == [32, 31] and batch["index"].tolist() == [0, 1]
 
 
+def test_an_unreadable_eval_item_in_a_loader_worker_is_one_line_with_exit_code_2(tmp_path, capsys):
+    from torch.utils.data import DataLoader
+
+    from engine.checks import run_cli
+
+    paths = DatasetPaths(tmp_path)
+    add_goods(paths, 2, 20, image="corrupt")
+    list_path = paths.gallery_list("video2goods")
+    write_list(list_path, [(2, "goods", "q", "2/2.jpg", "2/2.txt")])
+    loader = DataLoader(eval_dataset(paths, list_path), num_workers=1, collate_fn=collate_eval)
+    with pytest.raises(UnreadableImage) as err:  # not the RuntimeError of an exception that cannot be rebuilt
+        next(iter(loader))
+    assert err.value.path == paths.image_path(2)
+    assert err.value.reason.endswith(f"item 2 of {list_path}. Set data.skip_unreadable_eval=true to use a black "
+                                     "frame instead")
+    assert run_cli(lambda: next(iter(loader))) == 2
+    assert capsys.readouterr().err == f"error: {err.value}\n"
+
+
 def test_unreadable_eval_item_is_an_error_unless_skipping(tmp_path):
     paths = DatasetPaths(tmp_path)
     add_goods(paths, 1, 10)

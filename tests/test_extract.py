@@ -1,6 +1,5 @@
 """Distributed extraction: 2 gloo ranks over an odd-length list give the single-process features and ids."""
 import os
-import socket
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ from torch.utils.data import Dataset
 from evaluate import pipeline
 from evaluate.extract import FEATURES, extract_features, merged_paths, shard_paths
 from evaluate.features import load_features, write_shard
+from utils.distributed import cleanup
 from tests.helpers import REPO_ROOT
 
 DEMO = os.path.join(REPO_ROOT, "configs", "demo.yaml")
@@ -61,21 +61,16 @@ def _worker(rank, world_size, port, root):
     try:
         extract_features(TinyEncoder(), TinyItems(), _dirs(root), rank=rank, world_size=world_size, batch_size=2,
                          dtype="float32", meta={"checkpoint": "a"})
-        dist.barrier()  # neither rank tears down gloo while the other still uses it
+        dist.barrier()  # neither rank exits while the other still uses gloo
     finally:
-        dist.destroy_process_group()
+        cleanup()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def test_two_ranks_match_one_process(tmp_path):
+def test_two_ranks_match_one_process(tmp_path, free_port):
     single, multi = tmp_path / "single", tmp_path / "multi"
     extract_features(TinyEncoder(), TinyItems(), _dirs(single), batch_size=3, dtype="float32", meta={"checkpoint": "a"})
-    mp.spawn(_worker, args=(2, _free_port(), multi), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port, multi), nprocs=2, join=True)
     model, items = TinyEncoder(), TinyItems()
     with torch.no_grad():
         direct = [model.encode_item(*(items[i][k][None] for k in ("frames", "text_ids", "text_mask")))
@@ -232,5 +227,5 @@ def test_evaluation_cli_reports_bad_input_in_one_line(tmp_path, override, messag
     cmd = [sys.executable, os.path.join(REPO_ROOT, "evaluation.py"), "run", "--config", DEMO,
            f"data.root={tmp_path}"] + ([override] if override else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().startswith(message) and "\n" not in proc.stderr.strip()

@@ -111,5 +111,5 @@ def test_an_empty_query_list_stops_evaluation_with_one_line(mini_root, tmp_path)
     proc = subprocess.run([sys.executable, os.path.join(REPO, "evaluation.py"), "run", "--config", DEMO,
                            f"data.root={root}", f"output_dir={tmp_path / 'out'}"] + FAST, capture_output=True,
                           text=True, timeout=300)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: {empty}: empty list: expected at least one non-blank line"

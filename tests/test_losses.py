@@ -1,6 +1,5 @@
 """Query-guided contrastive loss (Eq. 5-6), its global negatives across ranks, and the reconstruction losses."""
 import math
-import socket
 
 import pytest
 import torch
@@ -8,6 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from losses import QueryContrastiveLoss, gather_features, text_reconstruction_loss, vision_reconstruction_loss
+from utils.distributed import cleanup
 
 
 @pytest.fixture(autouse=True)
@@ -63,11 +63,6 @@ def test_gather_features_is_identity_without_process_group():
     assert gather_features(x) is x
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _setup(seed=0, batch=8):
     """A shared toy encoder pair and a global batch of `batch` pairs."""
@@ -98,15 +93,15 @@ def _worker(rank, world, port, symmetric, out_path):
             dist.all_reduce(g)
         if rank == 0:
             torch.save({"loss": loss / world, "grads": [g / world for g in grads]}, out_path)
-        dist.barrier()  # neither rank tears down gloo while the other still uses it
+        dist.barrier()  # neither rank exits while the other still uses gloo
     finally:
-        dist.destroy_process_group()
+        cleanup()
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
-def test_global_negatives_two_ranks_equal_one_rank_with_double_batch(tmp_path, symmetric):
+def test_global_negatives_two_ranks_equal_one_rank_with_double_batch(tmp_path, symmetric, free_port):
     out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(2, _free_port(), symmetric, str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port, symmetric, str(out)), nprocs=2, join=True)
     two = torch.load(out)
     loss, grads = _loss_and_grads(symmetric)
     torch.testing.assert_close(two["loss"], loss)

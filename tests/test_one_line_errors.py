@@ -51,14 +51,13 @@ def test_a_taken_eval_folder_ends_the_evaluate_script_with_one_line_and_exit_cod
 
 
 def torchrun(tmp_path, *lines):
-    """utils.distributed.torchrun, as the launch scripts run it, on 2 workers running the script `lines`."""
+    """scripts/torchrun.py, as the launch scripts run it, on 2 workers running the script `lines`."""
     script = tmp_path / "worker.py"
     script.write_text("\n".join(["import os, sys, time", "rank = int(os.environ['RANK'])", *lines, ""]))
     env = {k: v for k, v in os.environ.items() if k != "TORCHELASTIC_ERROR_FILE"}
     env["OMP_NUM_THREADS"] = "1"
-    code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from utils.distributed import torchrun; "
-            "sys.exit(torchrun(sys.argv[1:]))")
-    return subprocess.run([sys.executable, "-c", code, REPO_ROOT, "-m", "torch.distributed.run", "--standalone",
+    return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "scripts", "torchrun.py"), "-m",
+                           "torch.distributed.run", "--standalone",
                            "--nproc_per_node=2", str(script)], env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -17,6 +17,7 @@ from models import build_model, build_pretrain_model
 from tests.helpers import REPO_ROOT as REPO
 from utils import checkpoint as ckpt
 from utils.config import ConfigError, load_config
+from utils.distributed import cleanup
 from utils.logging import read_metrics
 
 CONFIG = os.path.join(REPO, "configs", "demo_pretrain.yaml")
@@ -208,9 +209,9 @@ def _vtc_worker(rank, world, port, out_path):
             dist.all_reduce(g)
         if rank == 0:
             torch.save({"loss": loss / world, "grads": [g / world for g in grads], "sim": sim}, out_path)
-        dist.barrier()  # neither rank tears down gloo while the other still uses it
+        dist.barrier()  # neither rank exits while the other still uses gloo
     finally:
-        dist.destroy_process_group()
+        cleanup()
 
 
 def test_global_vtc_on_two_processes_equals_one_process_with_the_double_batch(tmp_path, free_port):

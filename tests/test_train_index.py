@@ -79,6 +79,23 @@ def test_a_partial_cache_is_never_used(tmp_path):
     assert index.folder == folder and list(index) == parse_train_file(str(path))
 
 
+def test_a_build_that_fails_while_writing_removes_its_partial_folder(tmp_path, monkeypatch):
+    path = tmp_path / "train.txt"
+    path.write_text("a\t1\tNone\nb\tNone\t2\n", encoding="utf-8")
+    saved = []
+
+    def full_disk(file, array):
+        if saved:
+            raise OSError(28, "No space left on device")
+        saved.append(file)
+        open(file, "wb").close()
+
+    monkeypatch.setattr(train_index.np, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        load_train_index(str(path), str(tmp_path / "cache"))
+    assert saved and os.listdir(tmp_path / "cache") == []  # neither the partial folder nor a cache
+
+
 def test_workers_receive_the_folder_not_the_arrays(mini_root, tmp_path):
     index = load_train_index(DatasetPaths(mini_root).train_file, str(tmp_path))
     blob = pickle.dumps(index)

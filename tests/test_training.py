@@ -8,7 +8,6 @@ follows the config's schedule. A non-finite loss stops the run naming the step a
 import glob
 import math
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -180,15 +179,10 @@ def test_killed_while_writing_a_checkpoint_then_resumed_is_exact(straight, mini_
     assert_matches_straight(straight, out, 1)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def test_two_process_checkpoint_resumes_in_one_process(mini_root, tmp_path):
+def test_two_process_checkpoint_resumes_in_one_process(mini_root, tmp_path, free_port):
     out = str(tmp_path)
-    env = {"NPROC_PER_NODE": "2", "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
+    env = {"NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port), "OMP_NUM_THREADS": "1"}
     two = run_cli(mini_root, out, "train.max_steps=3", env=env, train_sh=True)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "world size 2" in two.stderr and "global batch 8" in two.stderr
@@ -231,7 +225,7 @@ def test_scaler_state_of_a_disabled_scaler_loads_into_an_enabled_one():
     assert enabled.get_scale() == 8.0
 
 
-def test_ranks_resume_from_the_checkpoint_rank_0_chose(tmp_path):
+def test_ranks_resume_from_the_checkpoint_rank_0_chose(tmp_path, free_port):
     """resume=auto with 2 processes whose views of output_dir differ (node-local or stale folders):
     both load the file rank 0 found."""
     views = [tmp_path / "rank0", tmp_path / "rank1"]
@@ -246,11 +240,10 @@ def test_ranks_resume_from_the_checkpoint_rank_0_chose(tmp_path):
         import torch.distributed as dist
         from engine.trainer import resolve_resume
         rank = int(sys.argv[1])
-        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{_free_port()}", rank=rank, world_size=2)
+        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{free_port}", rank=rank, world_size=2)
         path, state = resolve_resume("auto", [{str(views[0])!r}, {str(views[1])!r}][rank], rank, 2)
         print(path, state["global_step"])
-        dist.barrier()  # neither rank tears down gloo while the other still uses it
-        dist.destroy_process_group()
+        dist.barrier()  # neither rank exits while the other still uses gloo
     """)
     procs = [subprocess.Popen([sys.executable, "-c", script, str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for rank in (0, 1)]
@@ -327,13 +320,13 @@ def test_rank_detection(env, expected):
     assert _ranks_from_env(env) == expected
 
 
-def test_train_sh_takes_a_config_path_relative_to_the_callers_directory(tmp_path):
+def test_train_sh_takes_a_config_path_relative_to_the_callers_directory(tmp_path, free_port):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "my.yaml").write_text(f"_base_: {DEMO}\n")
     # a bad setting stops the run right after the config is read
     proc = subprocess.run(["sh", os.path.join(REPO, "train.sh"), "sub/my.yaml", "model.video.pooling=gru",
                            f"output_dir={tmp_path / 'out'}"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, NPROC_PER_NODE="1", MASTER_PORT=str(_free_port())))
+                          env=dict(os.environ, NPROC_PER_NODE="1", MASTER_PORT=str(free_port)))
     assert "config error: model.video.pooling='gru'" in proc.stderr, proc.stderr[-2000:]
 
 
