@@ -4,7 +4,7 @@
     torchrun ... evaluation.py extract --config CFG [key=value ...]   query and gallery features only
     python evaluation.py search --query-feats Q.npy --query-ids Q.txt --gallery-feats G.npy --gallery-ids G.txt
                                 --gt GT.txt --out results.json [--topk 100] [--direction D] [--feature F] [--checkpoint C]
-    python evaluation.py table V2G.json G2V.json [--name ROW] [--out-dir DIR]
+    python evaluation.py table V2G.json G2V.json [--name ROW] [--out-dir DIR] [--k 1,5,10] [--paper]
     python evaluation.py page --config CFG [key=value ...] [--out page.html]
     python evaluation.py export --format authors --config CFG [key=value ...] [--out-dir DIR]
     python evaluation.py retrieve CKPT --gallery FEATURES_DIR (--query TEXT | --item IMG[,IMG...] --text TEXT)
@@ -25,8 +25,16 @@ from datasets.annotations import DIRECTIONS
 from evaluate import pipeline
 from evaluate.extract import FEATURES
 from evaluate.features import REPEAT_ATOL
-from evaluate.metrics import RECALL_KS
-from evaluate.table import checkpoint_of, load_results, print_paper, print_rows, table_row, write_row
+from evaluate.metrics import PAPER_KS, SEARCH_KS
+from evaluate.table import (checkpoint_of, load_results, paper_row, parse_ks, print_paper, print_rows, table_row,
+                            write_row)
+
+
+def _ks(text):
+    try:
+        return parse_ks(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _config(args):
@@ -86,8 +94,8 @@ def main(argv=None):
     p.add_argument("--gallery-ids", help="ids of --gallery-feats")
     p.add_argument("--gt", required=True, help="ground truth: query id, then its relevant gallery ids, per line")
     p.add_argument("--out", required=True, help="results.json (ranking.npz is written beside it)")
-    p.add_argument("--topk", type=int, default=max(RECALL_KS),
-                   help=f"largest K; R@K is reported for {', '.join(map(str, RECALL_KS))} up to it")
+    p.add_argument("--topk", type=int, default=max(SEARCH_KS),
+                   help=f"largest K; R@K is reported for {', '.join(map(str, SEARCH_KS))} up to it and at it")
     p.add_argument("--direction", choices=DIRECTIONS, help="recorded in results.json")
     p.add_argument("--feature", help="feature name recorded in results.json")
     p.add_argument("--checkpoint", help="checkpoint recorded in results.json")
@@ -110,7 +118,12 @@ def main(argv=None):
     p.add_argument("g2v", help="results.json of goods2video")
     p.add_argument("--name", default="model", help="row name; a row of that name in the files is replaced")
     p.add_argument("--out-dir", default=".", help="folder of results.md and results.csv")
-    p.add_argument("--paper", action="store_true", help="also print the paper's rows of Tables 2-4")
+    p.add_argument("--k", type=_ks, default=PAPER_KS, metavar="K,K,...",
+                   help=f"the K of the columns (default {','.join(map(str, PAPER_KS))}, the paper's); each must be "
+                        "in both results files; results.md and results.csv of --out-dir hold one set of K")
+    p.add_argument("--paper", action="store_true",
+                   help="also print the paper's row of the same name under ours (or that the paper has none) and "
+                        "the paper's Tables 2-4")
     text = "the top gallery items of one text query or one item (its images and text) for a trained model"
     p = sub.add_parser("retrieve", help=text, description=(
         f"{text}: prints `id<TAB>cosine score` lines, best first. The model and its preprocessing come from "
@@ -148,17 +161,19 @@ def main(argv=None):
     elif args.command == "page":
         print(pipeline.make_page(_config(args), out=args.out))
     elif args.command == "search":
-        ks = [k for k in RECALL_KS if k < args.topk] + [args.topk]
+        ks = [k for k in SEARCH_KS if k < args.topk] + [args.topk]
         print(pipeline.summary(pipeline.search_and_score(
             args.query_feats, args.query_ids, args.gallery_feats, args.gallery_ids, args.gt, args.out, ks,
             args.direction, args.feature, args.checkpoint)))
     elif args.command == "export":
         pipeline.export_authors(_config(args), args.out_dir)
     elif args.command == "table":
-        v2g, g2v = load_results(args.v2g, "video2goods"), load_results(args.g2v, "goods2video")
-        values = table_row(v2g, g2v)
-        write_row(args.name, values, args.out_dir, checkpoint_of(v2g, g2v))  # saved first: `| head` may cut the output
-        print_rows([(args.name, values)])
+        ks = args.k
+        v2g, g2v = load_results(args.v2g, "video2goods", ks), load_results(args.g2v, "goods2video", ks)
+        values = table_row(v2g, g2v, ks)
+        # saved first: `| head` may cut the output
+        write_row(args.name, values, args.out_dir, checkpoint_of(v2g, g2v), ks)
+        print_rows([(args.name, values)] + ([paper_row(args.name, ks)] if args.paper else []), ks)
         if args.paper:
             print_paper()
     elif args.command == "retrieve":

@@ -18,7 +18,7 @@ $USAGE
               run this from, else from the repository (configs/...)
   key=value   overrides of the config, e.g. data.root=/data/qcd eval.feature=all (relative paths are the caller's)
 torchrun extracts the query and the gallery features ($DIRECTION, sharded over the processes), then rank 0
-searches with faiss and prints R@10/20/50/100; results.json and page.html go to eval.out_dir (default
+searches with faiss and prints R@1/5/10/20/50/100 (eval.topk); results.json and page.html go to eval.out_dir (default
 <output_dir>/eval/$DIRECTION/<feature>). The config and the files it names are checked before torchrun starts.
 environment:
   NPROC_PER_NODE  processes on this node (default: one per local GPU, or 1 on CPU)

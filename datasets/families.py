@@ -5,6 +5,8 @@ pixel statistics. The towers and their weights are in models.families and models
 - clip, fashionclip, xclip read English (data.translations), with the tokenizer and image processor of their
   transformers save_pretrained folder (model.backbone.pretrained).
 - cyclip reads English with open_clip's bundled BPE vocabulary and OpenAI CLIP's statistics.
+- cope reads Chinese (its RBT3 text tower has cn_clip's vocabulary), with the pixel statistics of the X-CLIP folder
+  of its visual tower (model.backbone.pretrained; OpenAI CLIP's for a random tower).
 """
 import json
 import os
@@ -12,13 +14,16 @@ import os
 from datasets.tokenizer import HFTokenizer, OpenClipTokenizer, Tokenizer
 from datasets.transforms import CLIP_MEAN, CLIP_STD, PROFILE_STATS
 
-FAMILIES = ("chinese_clip", "clip", "cyclip", "fashionclip", "xclip")
-ENGLISH_FAMILIES = tuple(f for f in FAMILIES if f != "chinese_clip")
+FAMILIES = ("chinese_clip", "clip", "cyclip", "fashionclip", "xclip", "cope")
+CHINESE_FAMILIES = ("chinese_clip", "cope")
+ENGLISH_FAMILIES = tuple(f for f in FAMILIES if f not in CHINESE_FAMILIES)
 # transformers save_pretrained folders and the model_type their config.json must name
 HF_MODEL_TYPES = {"clip": "clip", "fashionclip": "clip", "xclip": "xclip"}
+# the families whose model.backbone.pretrained folder holds the image processor (cope: its X-CLIP visual tower)
+PROCESSOR_FOLDERS = (*HF_MODEL_TYPES, "cope")
 # family -> its tokenizer, built from model.backbone.pretrained
 TOKENIZERS = {"chinese_clip": lambda pretrained: Tokenizer(), "cyclip": lambda pretrained: OpenClipTokenizer(),
-              **{family: HFTokenizer for family in HF_MODEL_TYPES}}
+              "cope": lambda pretrained: Tokenizer(), **{family: HFTokenizer for family in HF_MODEL_TYPES}}
 
 
 def build_tokenizer(family, pretrained):
@@ -33,7 +38,7 @@ def image_stats(family, pretrained, preprocess="cn_clip"):
     transformers 5 saves) when it has one, else OpenAI CLIP's (Chinese-CLIP and CyCLIP use those)."""
     if PROFILE_STATS[preprocess]:
         return PROFILE_STATS[preprocess]
-    if family not in HF_MODEL_TYPES or not pretrained:
+    if family not in PROCESSOR_FOLDERS or not pretrained:
         return CLIP_MEAN, CLIP_STD
     for name, section in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
         path = os.path.join(pretrained, name)

@@ -41,6 +41,7 @@ def collate_pairs(samples):
     batch = {key: torch.stack([s[key] for s in goods]) for key in ITEM_KEYS}
     batch.update({pkey: torch.stack([s[key] for s in videos]) for key, pkey in zip(ITEM_KEYS, PAIR_VIDEO_KEYS)})
     batch["pair_valid"] = torch.tensor([g["query_index"] == v["query_index"] for g, v in zip(goods, videos)])
+    batch["query_index"] = torch.tensor([g["query_index"] for g in goods], dtype=torch.long)
     batch["epoch"] = samples[0]["epoch"]
     return batch
 

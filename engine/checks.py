@@ -9,7 +9,7 @@ import torch
 
 from datasets.annotations import DIRECTIONS, AnnotationError, DatasetPaths, iter_lines
 from datasets.eval_dataset import TEST_FRAMES, TEST_TEXTS
-from datasets.families import ENGLISH_FAMILIES, FAMILIES, HF_MODEL_TYPES
+from datasets.families import CHINESE_FAMILIES, ENGLISH_FAMILIES, FAMILIES, HF_MODEL_TYPES
 from datasets.frames import FRAME_SOURCES, UnreadableImage
 from datasets.transforms import PREPROCESS_PROFILES
 from datasets.translations import ENGLISH_RULES, is_line_aligned, read_translations
@@ -17,6 +17,7 @@ from engine.run_dir import RunDirError, config_changes
 from engine.tasks import TASKS, TRAIN_MODES
 from engine.trainer import AMP_DTYPES, OPTIMIZERS, NonFiniteLoss
 from evaluate.features import DTYPES, DiskFull, NonFiniteFeatures
+from evaluate.metrics import SEARCH_KS, search_ks
 from evaluate.pipeline import FEATURE_CHOICES, FolderInUse
 from evaluate.search import INDEXES
 from losses.query_contrastive import NEGATIVES
@@ -25,12 +26,13 @@ from models.fusion import FUSIONS, TEXT_INPUTS
 from models.pretrain import STAGE_TERMS
 from models.backbone import clip_arguments
 from models.video_pooling import POOLINGS
-from models.weights import WEIGHTS_HELP, check_weights
+from models.weights import WEIGHTS_HELP, check_cope_text_weights, check_weights, cope_sources
 from utils.checkpoint import (CheckpointFileError, CheckpointWriteError, WeightsMismatch, read_torch_file,
                               resume_candidates)
 from utils.config import ConfigError, load_config
 from utils.distributed import BACKENDS, UnsupportedGPU, write_error_file
 from utils.logging import LOGGER_NAME
+from utils.schedule import SCHEDULES
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -52,6 +54,7 @@ CHOICES = {
     ("train", "mode"): TRAIN_MODES,
     ("train", "optimizer"): OPTIMIZERS,
     ("train", "amp"): AMP_DTYPES,
+    ("train", "schedule"): SCHEDULES,
     ("eval", "feature"): FEATURE_CHOICES,
     ("eval", "dtype"): DTYPES,
     ("eval", "direction"): DIRECTIONS,
@@ -76,9 +79,12 @@ def validate_config(cfg, evaluate=False):
     if not 0 < ratio <= 1:
         raise ConfigError(f"model.recon.vision_mask_ratio={ratio!r}: expected a value in (0, 1]")
     t = cfg["train"]
-    for key in ("epochs", "batch_size", "save_every_steps", "keep_last", "log_every"):
+    for key in ("epochs", "batch_size", "accum_steps", "save_every_steps", "keep_last", "log_every"):
         if t[key] is None or t[key] < 1:
             raise ConfigError(f"train.{key}={t[key]!r}: expected an integer >= 1")
+    if t["batch_size"] % t["accum_steps"]:
+        raise ConfigError(f"train.accum_steps={t['accum_steps']} must divide train.batch_size={t['batch_size']} "
+                          "(the per-process batch of one optimizer step, cut into equal micro-batches)")
     for key in ("max_steps", "threads"):
         if t[key] is not None and t[key] < 1:
             raise ConfigError(f"train.{key}={t[key]!r}: expected null or an integer >= 1")
@@ -104,11 +110,13 @@ def validate_config(cfg, evaluate=False):
         if cfg["model"]["fusion"]["type"] == "fusion":
             raise ConfigError(f"model.fusion.type=fusion copies cn_clip's text layers: with model.family={family} "
                               "use add or combiner")
-    else:
+    if family in CHINESE_FAMILIES:
         for key in ("translations", "english_suffix"):
             if cfg["data"][key]:
                 raise ConfigError(f"data.{key} is for the English-text families "
-                                  f"({', '.join(ENGLISH_FAMILIES)}); model.family=chinese_clip reads the Chinese texts")
+                                  f"({', '.join(ENGLISH_FAMILIES)}); model.family={family} reads the Chinese texts")
+    if family == "cope":
+        _check_cope(cfg)
     if mode != "query" and cfg["task"] != "retrieval":
         raise ConfigError(f"train.mode={mode} is a retrieval setting; task={cfg['task']} needs train.mode=query")
     if mode == "ft" and cfg["loss"]["recon"]:
@@ -120,6 +128,9 @@ def validate_config(cfg, evaluate=False):
     if evaluate and cfg["init_from"] is not None:
         raise ConfigError(f"init_from={cfg['init_from']} initialises training; the evaluator loads the checkpoint "
                           "to score from eval.checkpoint (the CKPT argument of video2goods_evaluate.sh)")
+    if not cfg["model"]["backbone"]["text_attention_mask"] and t["accum_steps"] > 1:
+        raise ConfigError("model.backbone.text_attention_mask=false cuts each batch to its longest text, so a "
+                          "micro-batch would attend other padding than the whole batch: it needs train.accum_steps=1")
     if not cfg["model"]["backbone"]["text_attention_mask"] and (family != "chinese_clip" or cfg["task"] != "retrieval"):
         raise ConfigError("model.backbone.text_attention_mask=false (the authors' unmasked text tower) is for "
                           "task=retrieval with model.family=chinese_clip")
@@ -135,6 +146,35 @@ def validate_config(cfg, evaluate=False):
             raise ConfigError("pretrain.stage=2 trains EPL on frozen towers: set init_from to a stage-1 checkpoint")
         if not 0 < cfg["pretrain"]["mlm_prob"] < 1:
             raise ConfigError(f"pretrain.mlm_prob={cfg['pretrain']['mlm_prob']!r}: expected a share in (0, 1)")
+
+
+def _check_cope(cfg):
+    """The settings model.family=cope runs with (models/cope.py, losses/cope.py)."""
+    mode, c, lc = cfg["train"]["mode"], cfg["model"]["cope"], cfg["loss"]["cope"]
+    if mode == "infer":
+        raise ConfigError("model.family=cope has no released weights to evaluate untrained: train.mode must be ft or "
+                          "query")
+    if cfg["loss"]["recon"]:
+        raise ConfigError("model.family=cope has no reconstruction heads: set loss.recon=false")
+    if cfg["data"]["num_frames"] < 2:
+        raise ConfigError(f"data.num_frames={cfg['data']['num_frames']}: model.family=cope tells a micro-video (T > 1) "
+                          "from a goods item (T = 1) by its frame count; expected at least 2")
+    for key, value in (("model.cope.fusion_layers", c["fusion_layers"]), ("model.cope.fusion_heads", c["fusion_heads"]),
+                       ("loss.cope.num_classes", lc["num_classes"])):
+        if value < 1:
+            raise ConfigError(f"{key}={value!r}: expected an integer >= 1")
+    if cfg["model"]["embed_dim"] % c["fusion_heads"]:
+        raise ConfigError(f"model.cope.fusion_heads={c['fusion_heads']}: expected a divisor of model.embed_dim="
+                          f"{cfg['model']['embed_dim']}")
+    if lc["cls_negatives"] < 0:
+        raise ConfigError(f"loss.cope.cls_negatives={lc['cls_negatives']!r}: expected an integer >= 0")
+    if not lc["cls_temperature"] > 0:
+        raise ConfigError(f"loss.cope.cls_temperature={lc['cls_temperature']!r}: expected a temperature > 0")
+    if not 0 <= lc["cls_momentum"] < 1:
+        raise ConfigError(f"loss.cope.cls_momentum={lc['cls_momentum']!r}: expected a value in [0, 1)")
+    for name, weight in lc["weights"].items():
+        if not weight >= 0:
+            raise ConfigError(f"loss.cope.weights.{name}={weight!r}: expected a loss weight >= 0")
 
 
 def _check_ranges(cfg):
@@ -160,8 +200,11 @@ def _check_ranges(cfg):
     scale = d["crop_scale"]
     if not (len(scale) == 2 and all(isinstance(v, (int, float)) for v in scale) and 0 < scale[0] <= scale[1] <= 1):
         raise ConfigError(f"data.crop_scale={scale!r}: expected a pair [a, b] with 0 < a <= b <= 1")
-    if not e["topk"] or not all(isinstance(k, int) and k >= 1 for k in e["topk"]):
-        raise ConfigError(f"eval.topk={e['topk']!r}: expected a non-empty list of integers >= 1")
+    topk = e["topk"]
+    if topk is not None and not (isinstance(topk, list) and topk and
+                                 all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in topk)):
+        raise ConfigError(f"eval.topk={topk!r}: expected a non-empty list of integers >= 1, or null for R@K at "
+                          f"K = {', '.join(map(str, SEARCH_KS))}")
     if e["index"] == "ivf_pq":
         ivf = e["ivf_pq"]
         for key in ("nlist", "m", "nprobe"):
@@ -280,9 +323,11 @@ def check_gallery_size(cfg, paths):
             raise ConfigError(f"eval.ivf_pq: nlist={ivf['nlist']}, train_rows={ivf['train_rows']} on a gallery of "
                               f"{size} items ({gallery}) trains on {rows} rows: expected at least {need} (nlist and "
                               "256, the codes of a sub-quantizer); use eval.index=flat for a small gallery")
-    if max(e["topk"]) > size:
+    ks = search_ks(e["topk"])
+    if ks[-1] > size:
+        topk = e["topk"] if e["topk"] is not None else f"null (K = {', '.join(map(str, ks))})"
         log.warning("warning: eval.topk=%s: K above the %d items of the gallery (%s) counts every item as found",
-                    e["topk"], size, gallery)
+                    topk, size, gallery)
 
 
 def preflight(cfg, evaluate=False):
@@ -307,6 +352,8 @@ def preflight(cfg, evaluate=False):
     check_weights(family, pretrained)
     if family in HF_MODEL_TYPES:
         check_folder_files(family, pretrained)
+    if family == "cope":
+        check_cope_text_weights(cfg["model"]["cope"]["text_pretrained"])
     if data["translations"] and not os.path.isfile(data["translations"]):
         raise FileNotFoundError(f"data.translations={data['translations']}: file not found (format: docs/TRANSLATIONS.md)")
     if data["translations"] and not is_line_aligned(data["translations"]):
@@ -319,8 +366,11 @@ def preflight(cfg, evaluate=False):
 
 
 def text_warning(cfg):
-    """Start-up warning for an English-text family on untranslated (Chinese) text, or None."""
+    """The start-up line of the launch check and of rank 0: the warning for an English-text family on untranslated
+    (Chinese) text, or where each part of a cope model comes from; None otherwise."""
     family = cfg["model"]["family"]
+    if family == "cope":
+        return cope_sources(cfg["model"]["backbone"]["pretrained"], cfg["model"]["cope"]["text_pretrained"])
     if family in ENGLISH_FAMILIES and not cfg["data"]["translations"] and not cfg["data"]["english_suffix"]:
         return (f"warning: model.family={family} reads English, and data.translations is not set: the item texts, "
                 "and the queries without an English 4th field in the training list, go to its tokenizer in Chinese, "

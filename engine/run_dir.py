@@ -33,8 +33,8 @@ EXCL_LOCK_NAME = ".lock.excl"  # the lock where flock is not supported
 RESUME_FREE_KEYS = ("resume", "output_dir", "config_path", "init_from", "init_strict", "dist_backend",
                     "data.root", "data.num_workers", "train.max_steps", "train.log_every", "train.threads",
                     "train.save_every_steps", "train.save_every_minutes", "train.keep_last", "train.batch_size",
-                    "train.find_unused_parameters", "train.lr", "train.lr_visual", "train.lr_recon",
-                    "pretrain.lr_new")
+                    "train.accum_steps", "train.find_unused_parameters", "train.lr", "train.lr_visual",
+                    "train.lr_recon", "pretrain.lr_new")
 RESUME_FREE_PREFIXES = ("eval.",)
 
 

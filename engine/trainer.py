@@ -4,6 +4,29 @@ The learning rate is a pure function of the global step, a checkpoint (utils.che
 TrainingCheckpoint) holds everything needed to continue the run exactly (model, optimizer,
 GradScaler, schedule, data position, every rank's RNG states), and `resume=auto` continues
 from the newest checkpoint in output_dir that loads.
+
+`train.batch_size` is the per-process batch of one optimizer step; with `train.accum_steps` = n > 1 it is cut
+into n equal micro-batches and the step is feature-cached (GradCache, as OpenCLIP's --accum-freq), with the
+same result as n = 1 but the activation memory of one micro-batch. A model with batch-level terms implements
+the accumulation protocol:
+
+- `embed(batch)` -> (embeddings, local): embeddings, tensors [b, ...] (b the micro-batch) that the batch-level
+  terms read, extra inputs such as labels or masks included; local, the per-sample terms ("loss_<term>",
+  each a mean over the micro-batch), and any scalars to log;
+- `batch_terms(embeddings)` -> the batch-level terms ("loss_<term>") over the whole per-process batch (the
+  micro-batches' embeddings concatenated in order; global negatives gather across ranks inside), and any
+  scalars to log (e.g. "logit_scale");
+- `total(terms)` -> the weighted sum of the loss terms given (a subset of them when only some are present);
+
+and `forward(batch)` returns the same values as {**local, **batch_terms(embeddings), "loss": total(...)} on the
+whole batch. The step: every micro-batch's embeddings without gradient (the RNG state saved before each),
+the batch-level terms on their concatenation made leaves, and their gradient with respect to each embedding
+and to the parameters they use directly (e.g. the temperature); then each micro-batch again, its RNG state
+restored so that dropout and masks are drawn as in the first pass, back-propagated from
+sum(embedding x its cached gradient) + its weighted local terms / n, the parameters' gradients added with the
+last one. Under DDP only that last backward all-reduces (no_sync before it). A micro-batch draws its masks
+and dropout from its own slice of the random stream, so the draws differ from those of one pass over the
+whole batch; the step is exact for the draws it makes.
 """
 import contextlib
 import datetime
@@ -22,11 +45,11 @@ from tqdm import tqdm
 from engine.run_dir import RunDirError
 from utils import checkpoint as ckpt
 from utils import logging as run_logging
-from utils.config import save_config
+from utils.config import ConfigError, save_config
 from utils.distributed import barrier, from_rank0
 from utils.logging import LOGGER_NAME, STEP_LOGGER, Meter, MetricsLog
 from utils.preemption import SaveTimer, preempted_line
-from utils.schedule import WARMUP_WARN_SHARE, LinearWarmupDecay
+from utils.schedule import SCHEDULES, WARMUP_WARN_SHARE
 from utils.seed import get_rng_state, seed_data, seed_model_init, set_rng_state
 
 log = logging.getLogger(LOGGER_NAME)
@@ -59,6 +82,114 @@ def build_optimizer(cfg, model):
 
 def to_device(batch, device):
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+# the methods of the accumulation protocol (module docstring)
+ACCUMULATION_METHODS = ("embed", "batch_terms", "total")
+
+
+def check_accumulation(model, cfg):
+    """train.accum_steps > 1 needs the accumulation protocol, and no BatchNorm (its statistics would be a
+    micro-batch's)."""
+    n = cfg["train"]["accum_steps"]
+    if n == 1:
+        return
+    where = f"task={cfg['task']} with model.family={cfg['model']['family']}"
+    lacking = [m for m in ACCUMULATION_METHODS if not callable(getattr(model, m, None))]
+    if lacking:
+        raise ConfigError(f"train.accum_steps={n}: the model of {where} has no {', '.join(lacking)} (the "
+                          "accumulation protocol of engine/trainer.py); set train.accum_steps=1")
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ConfigError(f"train.accum_steps={n}: the model of {where} has BatchNorm layers, whose statistics "
+                          "would be those of a micro-batch; set train.accum_steps=1")
+
+
+def split_batch(batch, parts):
+    """The `parts` micro-batches of a loader batch: each tensor with a first dimension cut into equal slices
+    along it; other values (the domain, the epoch) go to every micro-batch as they are."""
+    rows = {v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim()}
+    if len(rows) != 1 or next(iter(rows)) % parts:
+        raise ValueError(f"cannot cut a batch of {sorted(rows)} rows into {parts} equal micro-batches "
+                         "(train.accum_steps)")
+    b = rows.pop() // parts
+    return [{k: v[i * b:(i + 1) * b] if torch.is_tensor(v) and v.dim() else v for k, v in batch.items()}
+            for i in range(parts)]
+
+
+class Embedder(torch.nn.Module):
+    """The model whose forward is its `embed`: what DDP wraps under accumulation, so that the recomputation
+    of a micro-batch is a DDP forward (gradient hooks, no_sync)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model.embed(batch)
+
+
+class FeatureCachedStep:
+    """The gradients of one optimizer step in `accum_steps` micro-batches (module docstring): `forward(batch)`
+    gives the loss terms as model(batch) would, `backward()` then leaves the step's gradients in .grad.
+    embedder: the Embedder of model, or a DDP of it (then only the last micro-batch's backward all-reduces);
+    scaler: the run's GradScaler (the cached gradients are of the scaled loss)."""
+
+    def __init__(self, model, embedder, accum_steps, scaler):
+        self.model, self.embedder, self.n, self.scaler = model, embedder, accum_steps, scaler
+        self.ddp = isinstance(embedder, DistributedDataParallel)
+
+    def forward(self, batch, autocast=contextlib.nullcontext()):
+        """Every micro-batch's embeddings without gradient, then the batch-level terms on their concatenation."""
+        model = self.model
+        self.micro = split_batch(batch, self.n)
+        self.rng, parts, local = [], [], []
+        with torch.no_grad(), autocast:
+            for m in self.micro:
+                self.rng.append(get_rng_state())
+                emb, loc = model.embed(m)
+                parts.append(emb)
+                local.append(loc)
+        self.leaves = {k: torch.cat([e[k] for e in parts]) for k in parts[0]}
+        for v in self.leaves.values():
+            v.requires_grad_(v.is_floating_point())
+        with autocast:
+            out = model.batch_terms(self.leaves)
+            batch_losses = {k: v for k, v in out.items() if k.startswith("loss_")}
+            self.batch_loss = model.total(batch_losses) if batch_losses else None
+        out.update({k: torch.stack([loc[k].detach().float() for loc in local]).mean() for k in local[0]})
+        out["loss"] = model.total({k: v.detach() for k, v in out.items() if k.startswith("loss_")})
+        self.after = get_rng_state()  # the stream goes on after the batch-level terms' draws (e.g. VTM's)
+        return out
+
+    def backward(self, autocast=contextlib.nullcontext()):
+        """The cached gradients, then each micro-batch recomputed with its RNG state and back-propagated."""
+        model, n, leaves = self.model, self.n, self.leaves
+        rows = next(iter(leaves.values())).shape[0] // n if leaves else 0
+        cached, param_grads = {}, []
+        if self.batch_loss is not None and self.batch_loss.requires_grad:
+            names = [k for k, v in leaves.items() if v.requires_grad]
+            params = [p for p in model.parameters() if p.requires_grad]
+            grads = torch.autograd.grad(self.scaler.scale(self.batch_loss), [leaves[k] for k in names] + params,
+                                        allow_unused=True)
+            cached = {k: g for k, g in zip(names, grads) if g is not None}
+            param_grads = [(p, g) for p, g in zip(params, grads[len(names):]) if g is not None]
+        for i, m in enumerate(self.micro):
+            set_rng_state(self.rng[i])
+            last = i == n - 1
+            with self.embedder.no_sync() if self.ddp and not last else contextlib.nullcontext():
+                with autocast:
+                    emb, loc = self.embedder(m)
+                    surrogate = [(emb[k] * g[i * rows:(i + 1) * rows]).sum() for k, g in cached.items()]
+                    loc_losses = {k: v for k, v in loc.items() if k.startswith("loss_")}
+                    if loc_losses:
+                        surrogate.append(self.scaler.scale(model.total(loc_losses) / n))
+                    if last:  # the parameters the batch-level terms use directly, in the backward that syncs
+                        surrogate.extend((p * g).sum() for p, g in param_grads)
+                total = sum(surrogate)
+                if torch.is_tensor(total) and total.requires_grad:
+                    total.backward()
+        set_rng_state(self.after)
+        self.micro = self.rng = self.leaves = self.batch_loss = None
 
 
 def reduce_terms(terms, world_size):
@@ -132,10 +263,13 @@ def startup_report(cfg, world_size, epoch_lengths, scheduler, optimizer, device)
              t["amp"] if device.type == "cuda" else "none (CPU)", torch.get_num_threads())
     log.info("batch per process %d, global batch %d, negatives per query %d (loss.negatives=%s)",
              t["batch_size"], global_batch, negatives, cfg["loss"]["negatives"])
+    if t["accum_steps"] > 1:
+        log.info("feature-cached accumulation: %d micro-batches of %d per optimizer step", t["accum_steps"],
+                 t["batch_size"] // t["accum_steps"])
     total, warmup = scheduler.total_steps, scheduler.warmup_steps
     log.info("steps per epoch %d-%d, epochs %d, total steps %d, warm-up %d steps (train.warmup_ratio=%g), then "
-             "linear decay to 0%s", min(epoch_lengths), max(epoch_lengths), t["epochs"], total, warmup,
-             t["warmup_ratio"], f"; stopping at step {t['max_steps']}" if t["max_steps"] else "")
+             "%s decay to 0%s", min(epoch_lengths), max(epoch_lengths), t["epochs"], total, warmup,
+             t["warmup_ratio"], t["schedule"], f"; stopping at step {t['max_steps']}" if t["max_steps"] else "")
     if warmup > WARMUP_WARN_SHARE * total:
         log.warning("warm-up covers %d of the run's %d steps (more than a third): the lr decays over only %d steps",
                     warmup, total, total - warmup)
@@ -182,6 +316,8 @@ class Trainer:
 
         seed_model_init(cfg["seed"])
         self.model = task.build_model(cfg).to(device)
+        check_accumulation(self.model, cfg)
+        self.accum_steps = self.t["accum_steps"]
         if resume_path is None and cfg["init_from"]:
             report = ckpt.load_init_weights(self.model, cfg["init_from"], strict=cfg["init_strict"])
             log_init_from(report, cfg["init_from"])
@@ -190,7 +326,8 @@ class Trainer:
         self.loader, self.sampler = task.build_loader(cfg, rank, world_size)
         self.epoch_lengths = self._count_batches()
         self.optimizer = build_optimizer(cfg, self.model)
-        self.scheduler = LinearWarmupDecay.for_optimizer(self.optimizer, self.t["warmup_ratio"], sum(self.epoch_lengths))
+        self.scheduler = SCHEDULES[self.t["schedule"]].for_optimizer(self.optimizer, self.t["warmup_ratio"],
+                                                                     sum(self.epoch_lengths))
         cuda = device.type == "cuda"
         self.amp_dtype = AMP_DTYPES[self.t["amp"]] if cuda else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
@@ -206,8 +343,13 @@ class Trainer:
 
         self.model_ddp = self.model
         if world_size > 1:
-            self.model_ddp = DistributedDataParallel(self.model, device_ids=[device.index] if cuda else None,
+            module = self.model if self.accum_steps == 1 else Embedder(self.model)
+            self.model_ddp = DistributedDataParallel(module, device_ids=[device.index] if cuda else None,
                                                      find_unused_parameters=self.t["find_unused_parameters"])
+        self.cache = None
+        if self.accum_steps > 1:
+            self.cache = FeatureCachedStep(self.model, self.model_ddp if world_size > 1 else Embedder(self.model),
+                                           self.accum_steps, self.scaler)
         startup_report(cfg, world_size, self.epoch_lengths, self.scheduler, self.optimizer, device)
 
     def _count_batches(self):
@@ -309,12 +451,18 @@ class Trainer:
     def step(self, batch):
         """One optimizer step -> (loss terms averaged over ranks, the model's output, {"lr/<group>": lr}, grad norm)."""
         autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
-        with autocast:
-            out = self.model_ddp(batch)
+        if self.accum_steps > 1:
+            out = self.cache.forward(batch, autocast)
+        else:
+            with autocast:
+                out = self.model_ddp(batch)
         terms = reduce_terms({k: v for k, v in out.items() if k.startswith("loss")}, self.world_size)
         check_finite(terms, self.global_step + 1, self.last_ckpt, self.cfg)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out["loss"]).backward()
+        if self.accum_steps > 1:
+            self.cache.backward(autocast)
+        else:
+            self.scaler.scale(out["loss"]).backward()
         grad_norm = None
         if self.t["grad_clip"]:
             self.scaler.unscale_(self.optimizer)

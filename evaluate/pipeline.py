@@ -17,7 +17,7 @@ import numpy as np
 
 from evaluate.extract import FEATURES, extract_features, merged_paths
 from evaluate.features import load_features, write_text, write_text_features
-from evaluate.metrics import RECALL_KS, recall_at_k
+from evaluate.metrics import SEARCH_KS, recall_at_k, search_ks
 from evaluate.search import normalize, search_gallery
 
 FEATURE_CHOICES = FEATURES + ("all",)
@@ -190,7 +190,7 @@ def _extract(cfg, stack):
     return rank
 
 
-def search_and_score(query_feats, query_ids, gallery_feats, gallery_ids, gt_path, out_path, topk=RECALL_KS,
+def search_and_score(query_feats, query_ids, gallery_feats, gallery_ids, gt_path, out_path, topk=SEARCH_KS,
                      direction=None, feature=None, checkpoint=None, search_options=None):
     """Search, score and write `out_path` (results.json) plus ranking.npz (the top lists) beside it.
     `search_options`: evaluate.search.search_gallery's index, block_rows and ivf_pq (default: exact)."""
@@ -234,7 +234,7 @@ def search_direction(cfg):
         q, g = (merged_paths(os.path.join(d, side)) for side in SIDES)
         e = cfg["eval"]
         results[feature] = search_and_score(*q, *g, paths.gt_file(direction), os.path.join(d, "results.json"),
-                                            e["topk"], direction, feature, e["checkpoint"],
+                                            search_ks(e["topk"]), direction, feature, e["checkpoint"],
                                             {k: e[k] for k in ("index", "block_rows", "ivf_pq")})
         print(summary(results[feature]), flush=True)
         print(f"results: {os.path.join(d, 'results.json')}", flush=True)

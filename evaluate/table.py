@@ -1,9 +1,9 @@
 """One row of the paper's Table 2 from the results of the two directions.
 
-Columns: Video2goods R@10/20/50/100, Goods2video R@10/20/50/100, Overall R@10/20/50/100
-(mean of the two directions) and Mean (mean of the four Overall values, taken before
-rounding). Values print with two decimals rounded half up, as the paper does
-(Ours-Q: (36.66 + 47.91) / 2 = 42.285 -> 42.29).
+Columns, for the K of the table (the paper's 10, 20, 50, 100 by default, or those of `table --k`):
+Video2goods R@K, Goods2video R@K, Overall R@K (mean of the two directions) and Mean (mean of the
+Overall values, taken before rounding). Values print with two decimals rounded half up, as the paper
+does (Ours-Q: (36.66 + 47.91) / 2 = 42.285 -> 42.29).
 """
 import csv
 import io
@@ -12,31 +12,56 @@ import os
 from decimal import ROUND_HALF_UP, Decimal
 
 from evaluate.features import write_text
-from evaluate.metrics import RECALL_KS
+from evaluate.metrics import PAPER_KS, SEARCH_KS
 
-KS = tuple(map(str, RECALL_KS))  # as results.json keys them
-COLUMNS = ([f"V2G R@{k}" for k in KS] + [f"G2V R@{k}" for k in KS] + [f"Overall R@{k}" for k in KS] + ["Mean"])
+
+def columns(ks=PAPER_KS):
+    """The table's column names for the K of `ks`."""
+    return ([f"V2G R@{k}" for k in ks] + [f"G2V R@{k}" for k in ks] + [f"Overall R@{k}" for k in ks] + ["Mean"])
+
+
+def parse_ks(text):
+    """`table --k`: "1,5,10" -> (1, 5, 10), each K an integer >= 1, once."""
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1 or len(set(ks)) != len(ks):
+        raise ValueError(f"--k {text!r}: expected distinct integers >= 1, comma-separated (e.g. 1,5,10)")
+    return ks
 
 
 def fmt(value):
     return str(Decimal(repr(float(value))).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
-def load_results(path, direction):
+def _ks_text(ks):
+    return ", ".join(f"R@{k}" for k in ks)
+
+
+def load_results(path, direction, ks=PAPER_KS):
+    """A results.json dict of `direction` that holds R@K at every K of `ks`."""
     with open(path, encoding="utf-8") as f:
         results = json.load(f)
     if results.get("direction") not in (None, direction):
         raise ValueError(f"{path}: expected {direction} results, the file holds {results['direction']}")
-    missing = [k for k in KS if k not in results.get("recall", {})]
+    recall = results.get("recall")
+    if not isinstance(recall, dict):
+        raise ValueError(f"{path}: expected a results.json with a 'recall' mapping of K to R@K")
+    missing = [k for k in ks if str(k) not in recall]
     if missing:
-        raise ValueError(f"{path}: expected recall at K = {', '.join(KS)}; R@{', R@'.join(missing)} missing")
+        # a search of an older release scored only the paper's K
+        held = sorted(recall, key=int)
+        raise ValueError(f"{path}: no {_ks_text(missing)}; the file holds {_ks_text(held) or 'no R@K'}. Search "
+                         f"again with eval.topk=null (K = {', '.join(map(str, SEARCH_KS))}) or give --k among "
+                         f"{', '.join(held)}")
     return results
 
 
-def table_row(v2g, g2v):
-    """13 values in the paper's column order from two results dicts (recall in percent)."""
-    a = [float(v2g["recall"][k]) for k in KS]
-    b = [float(g2v["recall"][k]) for k in KS]
+def table_row(v2g, g2v, ks=PAPER_KS):
+    """3 len(ks) + 1 values in the table's column order from two results dicts (recall in percent)."""
+    a = [float(v2g["recall"][str(k)]) for k in ks]
+    b = [float(g2v["recall"][str(k)]) for k in ks]
     overall = [(x + y) / 2 for x, y in zip(a, b)]
     return a + b + overall + [sum(overall) / len(overall)]
 
@@ -78,33 +103,59 @@ def _parse(text, num_values):
     rows = {}
     for line in text.strip().splitlines():
         name, *values = line.rsplit(None, num_values)
-        rows[name] = [None] * (len(COLUMNS) - num_values) + values
+        rows[name] = [None] * (len(columns(PAPER_KS)) - num_values) + values
     return rows
 
 
 PAPER_TABLES = {"Table 2": _parse(_TABLE2, 13), "Table 3": _parse(_TABLE3, 13), "Table 4": _parse(_TABLE4, 5)}
 
 # Table 2's names of the backbone families (model.family) and of the settings (train.mode)
+# (the paper has no COPE rows: `table --paper` marks them with NOT_IN_PAPER)
 FAMILY_NAMES = {"chinese_clip": "ChineseCLIP", "clip": "CLIP", "cyclip": "CyCLIP", "fashionclip": "FashionCLIP",
-                "xclip": "XCLIP"}
+                "xclip": "XCLIP", "cope": "COPE"}
 MODE_NAMES = {"infer": "infer", "ft": "ft", "query": "Q"}
+NOT_IN_PAPER = "not in the paper (none of its Tables 2-4 has this row)"
 
 
 def table2_row_name(family, mode):
     """The Table 2 row of a config: ("clip", "infer") -> "CLIP-infer"."""
+    for key, value, names in (("model.family", family, FAMILY_NAMES), ("train.mode", mode, MODE_NAMES)):
+        if value not in names:
+            raise ValueError(f"{key}={value!r}: no row name for it; expected one of {', '.join(names)}")
     return f"{FAMILY_NAMES[family]}-{MODE_NAMES[mode]}"
 
 
-def print_rows(rows):
-    """Print [(name, 13 cells)] under the paper's header; a cell is a number, a printed string or None (blank)."""
+def paper_row(name, ks=PAPER_KS):
+    """(label, cells) of the paper's row called `name` in the columns of `ks`, for printing beside ours: "-"
+    where the paper gives no value (a K it does not report, a direction Table 4 leaves out, a Mean over other
+    K); (label, NOT_IN_PAPER) for a row the paper does not have."""
+    for table, rows in PAPER_TABLES.items():
+        if name in rows:
+            break
+    else:
+        return f"{name} (paper)", NOT_IN_PAPER
+    printed = dict(zip(columns(PAPER_KS), rows[name]))
+    cells = [printed.get(column) or "-" for column in columns(ks)]
+    if set(ks) != set(PAPER_KS):
+        cells[-1] = "-"
+    return f"{name} (paper, {table})", cells
+
+
+def print_rows(rows, ks=PAPER_KS):
+    """Print [(name, cells)] under the header of the K of `ks`; a cell is a number, a printed string or None
+    (blank); cells given as one string (e.g. NOT_IN_PAPER) print as that text after the name."""
     width = max([len(name) for name, _ in rows] + [6])
-    print(f"{'':{width}}  " + "  ".join(f"{h:^30}" for h in ("Video2goods", "Goods2video", "Overall")))
-    print(f"{'Method':{width}}  " + "  ".join("  ".join(f"{'R@' + k:>6}" for k in KS) for _ in range(3))
+    n = len(ks)
+    print(f"{'':{width}}  " + "  ".join(f"{h:^{8 * n - 2}}" for h in ("Video2goods", "Goods2video", "Overall")))
+    print(f"{'Method':{width}}  " + "  ".join("  ".join(f"{f'R@{k}':>6}" for k in ks) for _ in range(3))
           + f"  {'Mean':>6}")
     for name, values in rows:
+        if isinstance(values, str):
+            print(f"{name:{width}}  {values}")
+            continue
         cells = ["" if v is None else v if isinstance(v, str) else fmt(v) for v in values]
-        print(f"{name:{width}}  " + "  ".join("  ".join(f"{c:>6}" for c in cells[i:i + 4]) for i in (0, 4, 8))
-              + f"  {cells[12]:>6}")
+        print(f"{name:{width}}  " + "  ".join("  ".join(f"{c:>6}" for c in cells[i:i + n]) for i in (0, n, 2 * n))
+              + f"  {cells[3 * n]:>6}")
 
 
 def print_paper():
@@ -119,26 +170,28 @@ def checkpoint_of(v2g, g2v):
     return a if a == b else f"{a or '-'} / {b or '-'}"
 
 
-def _read_rows(csv_path):
-    """{name: [13 printed cells, checkpoint]} of an existing results.csv, in file order (an older file
-    without the Checkpoint column gets an empty one)."""
+def _read_rows(csv_path, ks):
+    """{name: [printed cells, checkpoint]} of an existing results.csv with the columns of `ks`, in file order
+    (an older file without the Checkpoint column gets an empty one)."""
     if not os.path.exists(csv_path):
         return {}
     with open(csv_path, encoding="utf-8", newline="") as f:
         lines = list(csv.reader(f))
-    if not lines or lines[0][:len(COLUMNS) + 1] != ["Method"] + COLUMNS:
-        raise ValueError(f"{csv_path}: expected the header Method,{','.join(COLUMNS)}[,Checkpoint]")
-    return {row[0]: (row[1:] + [""])[:len(COLUMNS) + 1] for row in lines[1:] if row}
+    names = columns(ks)
+    if not lines or lines[0][:len(names) + 1] != ["Method"] + names:
+        raise ValueError(f"{csv_path}: expected the header Method,{','.join(names)}[,Checkpoint] (the columns of "
+                         f"--k {','.join(map(str, ks))}); a table of other K needs its own --out-dir")
+    return {row[0]: (row[1:] + [""])[:len(names) + 1] for row in lines[1:] if row}
 
 
-def write_row(name, values, out_dir, checkpoint=""):
-    """Put the row into <out_dir>/results.csv and results.md: a row of the same name is replaced in place,
-    a new name appended. Returns the two paths."""
+def write_row(name, values, out_dir, checkpoint="", ks=PAPER_KS):
+    """Put the row (the columns of `ks`) into <out_dir>/results.csv and results.md: a row of the same name is
+    replaced in place, a new name appended. Returns the two paths."""
     os.makedirs(out_dir, exist_ok=True)
     md, csv_path = os.path.join(out_dir, "results.md"), os.path.join(out_dir, "results.csv")
-    rows = _read_rows(csv_path)
+    rows = _read_rows(csv_path, ks)
     rows[name] = [fmt(v) for v in values] + [checkpoint or ""]
-    header = ["Method"] + COLUMNS + ["Checkpoint"]
+    header = ["Method"] + columns(ks) + ["Checkpoint"]
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)

@@ -52,6 +52,15 @@ def mlm_loss(logits, labels):
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
+def mlm_sums(logits, labels, rows, batch_size):
+    """Per sample: (sum of the cross-entropies of its chosen tokens [batch_size], their number [batch_size]).
+    logits [N, V] and labels [N] of the chosen tokens, rows [N] the sample each belongs to. The ratio of the
+    totals over any set of samples is mlm_loss over them (losses.reconstruction.token_mean)."""
+    ce = F.cross_entropy(logits.float(), labels, reduction="none")
+    sums = ce.new_zeros(batch_size).index_add(0, rows, ce)
+    return sums, torch.bincount(rows, minlength=batch_size).to(ce.dtype)
+
+
 class TiedMLMHead(BertLMPredictionHead):
     """BERT's prediction head as the cn_clip text tower defines it (dense, GELU, LayerNorm, then a
     decoder to the vocabulary plus its own bias), whose decoder weight is the word embedding matrix

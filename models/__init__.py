@@ -1,6 +1,6 @@
 """The two model builders, the only readers of the config here: they read its sections and pass explicit
 arguments and the small dataclasses of the modules below (BackboneSpec, PoolingSpec, FusionSpec, ReconSpec,
-ContrastiveSpec) down."""
+ContrastiveSpec) down. model.family=cope builds models.cope's own model (`build_cope_model`)."""
 import os
 
 from datasets.annotations import DatasetPaths, read_entities
@@ -9,12 +9,14 @@ from datasets.tokenizer import Tokenizer
 from losses.epl import NUM_LEVELS, entity_prompts
 from losses.query_contrastive import ContrastiveSpec
 from models.backbone import CNClipBackbone
+from models.cope import CopeModel, cope_model
 from models.families import BackboneSpec, build_backbone
 from models.fusion import FusionSpec
 from models.pretrain import STAGE_TERMS, PretrainModel
 from models.qcd import QCDModel
 from models.reconstruction import ReconSpec
 from models.video_pooling import PoolingSpec
+from models.weights import check_cope_text_weights, check_weights
 
 
 def backbone_spec(cfg):
@@ -40,9 +42,33 @@ def _contrastive_spec(cfg):
                            symmetric=lcfg["symmetric"])
 
 
+def build_cope_model(cfg):
+    """The COPE model of model.cope, loss.cope and the shared contrastive settings (models.cope)."""
+    m, d, c, lc = cfg["model"], cfg["data"], cfg["model"]["cope"], cfg["loss"]["cope"]
+    b = m["backbone"]
+    check_weights(m["family"], b["pretrained"])
+    check_cope_text_weights(c["text_pretrained"])
+    classes = dict(num_classes=lc["num_classes"], negatives=lc["cls_negatives"], temperature=lc["cls_temperature"],
+                   momentum=lc["cls_momentum"])
+    return cope_model(xclip_folder=b["pretrained"], xclip_overrides=c["xclip_overrides"], text_model=c["text_model"],
+                      text_overrides=c["text_overrides"], text_pretrained=c["text_pretrained"],
+                      image_size=d["image_size"], num_frames=d["num_frames"],
+                      text_lengths={"query_max_len": d["query_max_len"], "text_max_len": d["text_max_len"]},
+                      freeze=tuple(b["freeze"]), embed_dim=m["embed_dim"], mode=cfg["train"]["mode"],
+                      contrastive=_contrastive_spec(cfg), weights=lc["weights"], classes=classes,
+                      fusion_layers=c["fusion_layers"], fusion_heads=c["fusion_heads"],
+                      grad_checkpointing=bool(b["grad_checkpointing"]))
+
+
+# model.family values that build a model of their own instead of the QCD model on a backbone of models.families
+OWN_MODELS = {"cope": build_cope_model}
+
+
 def build_model(cfg):
     """The retrieval model described by `cfg` (from utils.config.load_config)."""
     m, d = cfg["model"], cfg["data"]
+    if m["family"] in OWN_MODELS:
+        return OWN_MODELS[m["family"]](cfg)
     backbone = build_backbone(backbone_spec(cfg))
     v = m["video"]
     pooling = PoolingSpec(kind=v["pooling"], ftt_layers=v["ftt_layers"], ftt_heads=v["ftt_heads"],
@@ -86,4 +112,5 @@ def build_pretrain_model(cfg):
                          grad_checkpointing=spec.grad_checkpointing)
 
 
-__all__ = ["PretrainModel", "QCDModel", "backbone_spec", "build_model", "build_pretrain_model"]
+__all__ = ["CopeModel", "PretrainModel", "QCDModel", "backbone_spec", "build_cope_model", "build_model",
+           "build_pretrain_model"]

@@ -18,6 +18,9 @@ models.weights; the tokenizers and pixel statistics are on the data side (datase
   `torch.save({"epoch", "name", "state_dict", "optimizer"})`, the state dict with DDP's `module.` prefix
   and OpenAI CLIP's parameter names; open_clip builds the model from it (ResNet or ViT, inferred from
   the tensors) and its bundled BPE vocabulary (OpenAI CLIP's) tokenizes.
+- cope: COPE (models.cope), a model of its own rather than towers of the QCD model: models.build_model builds
+  it (models.OWN_MODELS), so it has no entry in BACKBONES; X-CLIP's video encoder from model.backbone.pretrained
+  and cn_clip's RBT3 text tower from model.cope.text_pretrained.
 
 Backbone protocol (models.qcd calls it on every family; the wrappers are models.backbone.CNClipBackbone
 and models.english_backbones):

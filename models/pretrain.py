@@ -21,8 +21,9 @@ mode, so no dropout changes their features), joint = all four (Eq. 3).
 import torch
 from torch import nn
 
-from losses import (EntityClassifier, TiedMLMHead, VTCLoss, epl_loss, mask_tokens, mlm_loss, pretrain_loss,
-                    progressive_weight, pseudo_labels, sample_hard_negatives, vtm_loss, vtm_pairs)
+from losses import (PRETRAIN_TERMS, EntityClassifier, TiedMLMHead, VTCLoss, epl_loss, mask_tokens, mlm_sums,
+                    pretrain_loss, progressive_weight, pseudo_labels, sample_hard_negatives, token_mean, vtm_loss,
+                    vtm_pairs)
 from losses.epl import NUM_LEVELS
 from losses.mlm import IGNORE_INDEX
 from models.families import group_parameters
@@ -98,38 +99,71 @@ class PretrainModel(nn.Module):
         return embeddings
 
     def forward(self, batch):
+        embeddings, local = self.embed(batch)
+        out = {**local, **self.batch_terms(embeddings)}
+        out["loss"] = self.total(out)
+        return out
+
+    def embed(self, batch):
+        """The accumulation protocol (engine/trainer.py): (embeddings, local). With VTC, the embeddings are v,
+        t and the states VTM's fusion pass reads (the text states entering the copied layers, their mask, the
+        visual tokens): VTM draws its negatives from the whole batch's similarities, and joint EPL reads that
+        pass's positives. MLM: each item's summed token loss and token count (a mean over the batch's chosen
+        tokens). Stage 2: EPL is per item, a local term."""
         missing = [k for k in BATCH_KEYS if k not in batch]
         if missing:
             raise KeyError(f"pre-training batch lacks {missing}; expected keys {list(BATCH_KEYS)}")
         frames, ids, mask = batch["frames"], batch["text_ids"], batch["text_mask"]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.towers_frozen):
             v, tokens, t_cls, states = self._encode(frames, ids, mask)
-        terms, stats = {}, {}
+        embeddings, local = {}, {}
         if "vtc" in self.terms:
-            terms["vtc"], sim = self.vtc(v, t_cls)
-            neg_text, neg_visual = sample_hard_negatives(sim, sim.t())
-            vi, ti = vtm_pairs(neg_text, neg_visual)
-            fused = self.fusion.encode_tokens(states[ti], mask[ti], tokens[vi])
-            terms["otm"] = vtm_loss(self.vtm_head(fused[:, 0]))
-            u = fused[:len(ids)]  # the positive pairs come first
-        else:
-            u = self.fusion.encode_tokens(states, mask, tokens)
+            embeddings.update(v=v, t=t_cls, states=states, mask=mask, tokens=tokens)
         if "mlm" in self.terms:
             masked, labels = mask_tokens(ids, mask, self.mask_id, self.mlm_head.decoder.weight.shape[0],
                                          self.special_ids, self.mlm_prob)
             masked_states = self.backbone.encode_text(masked, mask, keep_layer=self.fusion.start_layer)[2]
             fused = self.fusion.encode_tokens(masked_states, mask, tokens)
             chosen = labels != IGNORE_INDEX
-            terms["mlm"] = mlm_loss(self.mlm_head(fused[chosen]), labels[chosen])
+            rows = chosen.nonzero()[:, 0]
+            embeddings["mlm_sum"], embeddings["mlm_count"] = mlm_sums(self.mlm_head(fused[chosen]), labels[chosen],
+                                                                      rows, len(ids))
         if "epl" in self.terms:
-            targets = pseudo_labels(v, self.entity_embeddings(), self.vtc.scale().detach())
-            w_t = progressive_weight(int(batch["epoch"]), self.alpha)
-            terms["epl"] = epl_loss(self.entity_head(u, mask), targets, w_t)
-            stats["stat_epl_w_t"] = torch.tensor(w_t)
-        out = pretrain_loss(terms, self.weights)
-        out["logit_scale"] = self.vtc.scale().detach()
-        out.update(stats)
-        return out
+            epoch = int(batch["epoch"])
+            if "vtc" in self.terms:
+                embeddings["epoch"] = torch.full((len(ids),), epoch, device=ids.device)
+            else:
+                u = self.fusion.encode_tokens(states, mask, tokens)
+                local.update(self._epl(v, u, mask, epoch))
+        return embeddings, local
+
+    def _epl(self, v, u, mask, epoch):
+        targets = pseudo_labels(v, self.entity_embeddings(), self.vtc.scale().detach())
+        w_t = progressive_weight(epoch, self.alpha)
+        return {"loss_epl": epl_loss(self.entity_head(u, mask), targets, w_t), "stat_epl_w_t": torch.tensor(w_t)}
+
+    def batch_terms(self, embeddings):
+        """VTC, VTM (negatives drawn from the batch's VTC similarities, the fusion encoder run on the 3B pairs),
+        joint EPL on that pass's positive pairs, and MLM's token mean; also logs logit_scale."""
+        e, terms = embeddings, {}
+        if "vtc" in self.terms:
+            terms["loss_vtc"], sim = self.vtc(e["v"], e["t"])
+            neg_text, neg_visual = sample_hard_negatives(sim, sim.t())
+            vi, ti = vtm_pairs(neg_text, neg_visual)
+            fused = self.fusion.encode_tokens(e["states"][ti], e["mask"][ti], e["tokens"][vi])
+            terms["loss_otm"] = vtm_loss(self.vtm_head(fused[:, 0]))
+            if "epl" in self.terms:
+                u = fused[:len(e["v"])]  # the positive pairs come first
+                terms.update(self._epl(e["v"], u, e["mask"], int(e["epoch"][0])))
+        if "mlm" in self.terms:
+            terms["loss_mlm"] = token_mean(e["mlm_sum"], e["mlm_count"])
+        terms["logit_scale"] = self.vtc.scale().detach()
+        return terms
+
+    def total(self, terms):
+        """Eq. 3's weighted sum of the loss terms present in `terms`."""
+        present = {name: terms[f"loss_{name}"] for name in PRETRAIN_TERMS if f"loss_{name}" in terms}
+        return pretrain_loss(present, self.weights)["loss"]
 
     def param_groups(self):
         """Optimizer groups by where a parameter's values come from, frozen parameters left out: "visual" and

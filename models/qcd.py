@@ -6,11 +6,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from datasets.batch import PAIR_KEYS, TRAIN_KEYS
-from losses import QueryContrastiveLoss, text_reconstruction_loss, vision_reconstruction_loss
+from losses import QueryContrastiveLoss, text_reconstruction_sums, token_mean, vision_reconstruction_loss
 from models.families import group_parameters
 from models.fusion import build_fusion
 from models.reconstruction import TextReconstructor, VisionReconstructor
 from models.video_pooling import build_video_pooling
+
+# the terms of Eq. 8, in the order they are summed (each weighted by loss.weights.<name>)
+QUERY_TERMS = ("qu", "qv", "qt", "recon_text", "recon_vision")
 
 
 class QCDModel(nn.Module):
@@ -79,39 +82,57 @@ class QCDModel(nn.Module):
                 "text": F.normalize(t_cls, dim=-1)}
 
     def forward(self, batch):
+        embeddings, local = self.embed(batch)
+        out = {**local, **self.batch_terms(embeddings)}
+        out["loss"] = self.total(out)
+        return out
+
+    def embed(self, batch):
+        """The accumulation protocol (engine/trainer.py): (embeddings, local). Query mode: q, u, v, t [b, D]
+        and, with reconstruction, each query's summed next-token loss and token count (the text loss is a mean
+        over the batch's tokens: the counts differ per query); local: the vision reconstruction (a fixed number
+        of masked patches per item). ft: the goods and video u [b, D] and pair_valid."""
         keys = PAIR_KEYS if self.mode == "ft" else TRAIN_KEYS
         missing = [k for k in keys if k not in batch]
         if missing:
             raise KeyError(f"model batch (train.mode={self.mode}) lacks {missing}; expected keys {list(keys)}")
         if self.mode == "ft":
-            return self._forward_pairs(batch)
+            u_goods = self._item_features(batch["frames"], batch["text_ids"], batch["text_mask"])[0]
+            u_video = self._item_features(batch["video_frames"], batch["video_text_ids"], batch["video_text_mask"])[0]
+            return {"goods": u_goods, "video": u_video, "valid": batch["pair_valid"]}, {}
         q_cls = self.backbone.encode_text(*self._text(batch["query_ids"], batch["query_mask"]))[0]
         u_cls, v_cls, t_cls, tokens = self._item_features(batch["frames"], batch["text_ids"], batch["text_mask"])
-        out = {"loss_qu": self.contrastive(q_cls, u_cls),
-               "loss_qv": self.contrastive(q_cls, v_cls),
-               "loss_qt": self.contrastive(q_cls, t_cls)}
-        if self.recon:
-            logits = self.text_recon(batch["query_ids"], batch["query_mask"], v_cls)
-            out["loss_recon_text"] = text_reconstruction_loss(logits, batch["query_ids"], batch["query_mask"])
-            # Targets and inputs are detached: only the decoder and, through u_cls, the item branch learn from it.
-            patches = tokens[:, :, 1:].mean(dim=1).detach()
-            pred, mask = self.vision_recon(patches, u_cls)
-            out["loss_recon_vision"] = vision_reconstruction_loss(pred, patches, mask)
-        else:
-            out["loss_recon_text"] = out["loss_recon_vision"] = q_cls.new_zeros(())
-        names = {"qu": "loss_qu", "qv": "loss_qv", "qt": "loss_qt",
-                 "recon_text": "loss_recon_text", "recon_vision": "loss_recon_vision"}
-        out["loss"] = sum(self.weights[w] * out[name] for w, name in names.items())
-        out["logit_scale"] = self.contrastive.scale().detach()
-        return out
+        embeddings = {"q": q_cls, "u": u_cls, "v": v_cls, "t": t_cls}
+        if not self.recon:
+            zero = q_cls.new_zeros(())
+            return embeddings, {"loss_recon_text": zero, "loss_recon_vision": zero}
+        logits = self.text_recon(batch["query_ids"], batch["query_mask"], v_cls)
+        embeddings["recon_sum"], embeddings["recon_count"] = text_reconstruction_sums(
+            logits, batch["query_ids"], batch["query_mask"])
+        # Targets and inputs are detached: only the decoder and, through u_cls, the item branch learn from it.
+        patches = tokens[:, :, 1:].mean(dim=1).detach()
+        pred, mask = self.vision_recon(patches, u_cls)
+        return embeddings, {"loss_recon_vision": vision_reconstruction_loss(pred, patches, mask)}
 
-    def _forward_pairs(self, batch):
-        """Siamese alignment: row i of the goods and of the video half share a query (pair_valid says which
-        rows still do after an unreadable item was replaced); the other rows are the negatives."""
-        u_goods = self._item_features(batch["frames"], batch["text_ids"], batch["text_mask"])[0]
-        u_video = self._item_features(batch["video_frames"], batch["video_text_ids"], batch["video_text_mask"])[0]
-        loss = self.contrastive(u_goods, u_video, valid=batch["pair_valid"])
-        return {"loss": loss, "loss_pair": loss, "logit_scale": self.contrastive.scale().detach()}
+    def batch_terms(self, embeddings):
+        """Query mode: Eq. 6's three InfoNCE terms and the text reconstruction over the batch. ft: Siamese
+        alignment, row i of the goods and of the video half share a query (pair_valid says which rows still do
+        after an unreadable item was replaced); the other rows are the negatives. Also logs logit_scale."""
+        e = embeddings
+        if self.mode == "ft":
+            terms = {"loss_pair": self.contrastive(e["goods"], e["video"], valid=e["valid"])}
+        else:
+            terms = {f"loss_q{x}": self.contrastive(e["q"], e[x]) for x in ("u", "v", "t")}
+            if self.recon:
+                terms["loss_recon_text"] = token_mean(e["recon_sum"], e["recon_count"])
+        terms["logit_scale"] = self.contrastive.scale().detach()
+        return terms
+
+    def total(self, terms):
+        """Eq. 8's weighted sum of the loss terms present in `terms` (ft: the alignment term alone)."""
+        if self.mode == "ft":
+            return terms["loss_pair"]
+        return sum(self.weights[w] * terms[f"loss_{w}"] for w in QUERY_TERMS if f"loss_{w}" in terms)
 
     def param_groups(self):
         """Optimizer groups "visual" (the visual tower), "recon" (the reconstruction heads) and "other"; frozen

@@ -16,6 +16,26 @@ TINY = [
 ]
 
 
+def _flow(mapping):
+    """A dict as a YAML flow mapping for a key=value override."""
+    return "{" + ", ".join(f"{k}: {_flow(v) if isinstance(v, dict) else v}" for k, v in mapping.items()) + "}"
+
+
+# COPE (model.family=cope) at the sizes of TINY: its X-CLIP and RBT3 towers shrunk, random weights
+XCLIP_TINY = {"projection_dim": 32, "prompt_layers": 1, "prompt_num_attention_heads": 2,
+              "text_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                              "num_attention_heads": 2},
+              "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                "num_attention_heads": 2, "image_size": 32, "patch_size": 8, "num_frames": 4,
+                                "mit_hidden_size": 32, "mit_intermediate_size": 64, "mit_num_hidden_layers": 1,
+                                "mit_num_attention_heads": 2}}
+TEXT_TINY = {"text_hidden_size": 32, "text_num_hidden_layers": 2, "text_num_attention_heads": 2,
+             "text_intermediate_size": 64}
+COPE_TINY = ["data.image_size=32", "data.num_frames=3", "data.query_max_len=8", "data.text_max_len=12",
+             "model.embed_dim=32", "model.cope.fusion_heads=2", "model.cope.text_pretrained=null",
+             f"model.cope.text_overrides={_flow(TEXT_TINY)}", f"model.cope.xclip_overrides={_flow(XCLIP_TINY)}",
+             "loss.cope.num_classes=50"]
+
 # ----------------------------------------------------------------------------- backbone families (Table 2)
 # Tiny random models of the English-text families of models.families, each saved in its family's release
 # format: image size 32, projection 64, text context 32 (data.query_max_len 12 and text_max_len 24 fit).

@@ -51,6 +51,9 @@ def test_a_good_config_passes(mini_root, tmp_path, evaluate):
     ("eval.page_topk=0", "eval.page_topk=0: expected an integer >= 1"),
     ("eval.topk=[]", r"eval.topk=\[\]: expected a non-empty list of integers >= 1"),
     ("eval.topk=[0, 10]", r"eval.topk=\[0, 10\]: expected a non-empty list"),
+    ("eval.topk=10", r"eval.topk=10: expected a non-empty list of integers >= 1, or null for R@K at K = 1, 5, 10, 20, "
+                     r"50, 100$"),
+    ("eval.topk=[true]", r"eval.topk=\[True\]: expected a non-empty list"),
 ])
 def test_a_value_out_of_range_is_one_line_naming_it(mini_root, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message) as e:
@@ -100,6 +103,9 @@ def test_topk_above_the_gallery_size_warns(mini_root, tmp_path, monkeypatch):
     warned.clear()
     preflight(demo(mini_root, tmp_path, "eval.topk=[10, 50]"), evaluate=True)
     assert warned == []
+    preflight(demo(mini_root, tmp_path), evaluate=True)  # the default K go up to 100
+    assert warned == ["warning: eval.topk=null (K = 1, 5, 10, 20, 50, 100): K above the 60 items of the gallery "
+                      f"({mini_root}/test_file/video2goods_gallery.txt) counts every item as found"]
 
 
 def test_check_ends_with_one_line_and_exit_code_2(mini_root, tmp_path, capsys):

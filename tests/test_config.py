@@ -66,7 +66,7 @@ def test_typed_overrides():
     ("train.lr=fast", "key 'train.lr' expects float"),
     ("train.epoch=3", "unknown config key 'train.epoch'; did you mean 'train.epochs'?"),
     ("trian.lr=1", "unknown config key 'trian'; did you mean 'train'?"),
-    ("train.warmup_steps=5", "unknown config key 'train.warmup_steps'; did you mean 'train.warmup_ratio'?"),
+    ("train.warmup_ratoi=0.1", "unknown config key 'train.warmup_ratoi'; did you mean 'train.warmup_ratio'?"),
     ("train.epochs", "override 'train.epochs': expected key=value"),
     ("train.lr=null", "key 'train.lr' expects float (default 0.0001), got null"),
     ("data.num_frames=null", "key 'data.num_frames' expects int (default 5), got null"),

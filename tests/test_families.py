@@ -14,7 +14,7 @@ from datasets.counters import SharedCounters
 from datasets.families import ENGLISH_FAMILIES, FAMILIES, build_tokenizer, image_stats
 from datasets.tokenizer import Tokenizer
 from datasets.transforms import CLIP_MEAN, CLIP_STD
-from models import backbone_spec, build_model
+from models import OWN_MODELS, backbone_spec, build_model
 from models.families import BACKBONES, build_backbone
 from models.weights import WEIGHTS_HELP, check_weights
 from tests.helpers import (FAMILY_CONTEXT_LENGTH, FASHION_STATS, family_cfg, save_cyclip_checkpoint,
@@ -278,7 +278,7 @@ def test_chinese_clip_may_start_from_random_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="file not found") as err:
         check_weights(*weights_of("chinese_clip", tmp_path / "clip_cn_vit-b-16.pt"))
     assert_names_weights(err, "chinese_clip", tmp_path / "clip_cn_vit-b-16.pt")
-    assert set(WEIGHTS_HELP) == set(FAMILIES) == set(BACKBONES)
+    assert set(WEIGHTS_HELP) == set(FAMILIES) == set(BACKBONES) | set(OWN_MODELS)
 
 
 def test_a_cyclip_file_of_something_else_is_named(tmp_path, family_weights):

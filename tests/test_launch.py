@@ -50,7 +50,7 @@ def test_relative_paths_are_the_callers_from_training_to_evaluation(mini_root, t
         assert proc.returncode == 0, proc.stderr[-3000:]
         direction = script.split("_")[0]
         assert (tmp_path / "myrun" / "eval" / direction / "fused" / "results.json").is_file()
-        assert f"{direction} fused: R@10" in proc.stdout
+        assert f"{direction} fused: R@1 " in proc.stdout
 
 
 @pytest.mark.parametrize("script,args,message", [

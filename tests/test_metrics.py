@@ -7,7 +7,7 @@ import pytest
 
 import evaluation
 from evaluate.features import save_features
-from evaluate.metrics import recall_at_k
+from evaluate.metrics import PAPER_KS, SEARCH_KS, recall_at_k, search_ks
 
 DIM = 8
 
@@ -60,9 +60,10 @@ def test_recall_on_hand_built_features(tmp_path):
                      "--gt", str(tmp_path / "gt.txt"), "--out", str(out), "--topk", "5",
                      "--direction", "video2goods", "--feature", "fused"])
     res = json.loads(out.read_text())
-    # --topk 5 reports R@5 only (10, 20, 50, 100 are above it); the K=1,2,3 values come from recall_at_k below
-    assert list(res["recall"]) == ["5"]
-    assert res["recall"]["5"] == pytest.approx(EXPECTED_RECALL["5"])
+    # --topk 5 reports R@1 and R@5 (10, 20, 50, 100 are above it); the K=2,3 values come from recall_at_k below
+    assert list(res["recall"]) == ["1", "5"]
+    assert res["recall"] == pytest.approx({k: EXPECTED_RECALL[k] for k in ("1", "5")})
+    assert res["hit_rate"] == pytest.approx({k: EXPECTED_HIT[k] for k in ("1", "5")})
     assert res["num_queries"] == 4 and res["num_gallery"] == 9
     assert res["no_relevant_in_gallery"] == [4] and res["gt_queries_not_in_list"] == [6]
     assert res["relevant_absent_from_gallery"] == 2  # 999 and 555
@@ -77,6 +78,62 @@ def test_recall_on_hand_built_features(tmp_path):
     metrics = recall_at_k(ranking["query_ids"].tolist(), rows, list(GALLERY), parse_gt(str(tmp_path / "gt.txt")), KS)
     assert metrics["recall"] == pytest.approx(EXPECTED_RECALL)
     assert metrics["hit_rate"] == pytest.approx(EXPECTED_HIT)
+
+
+def test_the_default_search_scores_every_k_of_search_ks(tmp_path):
+    for name, items in (("q", QUERIES), ("g", GALLERY)):
+        save_features(str(tmp_path / f"{name}.npy"), str(tmp_path / f"{name}.txt"),
+                      np.stack(list(items.values())), list(items), "float32")
+    (tmp_path / "gt.txt").write_text("\n".join(GT_LINES) + "\n", encoding="utf-8")
+    out = tmp_path / "results.json"
+    evaluation.main(["search", "--query-feats", str(tmp_path / "q.npy"), "--query-ids", str(tmp_path / "q.txt"),
+                     "--gallery-feats", str(tmp_path / "g.npy"), "--gallery-ids", str(tmp_path / "g.txt"),
+                     "--gt", str(tmp_path / "gt.txt"), "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert list(res["recall"]) == ["1", "5", "10", "20", "50", "100"]
+    # K >= 9 is the whole gallery of 9: A 2/3 (999 is absent), B 1, C 1, D 0
+    whole = 100 * (2 / 3 + 1 + 1 + 0) / 4
+    assert res["recall"] == pytest.approx({"1": EXPECTED_RECALL["1"], "5": EXPECTED_RECALL["5"],
+                                           **{k: whole for k in ("10", "20", "50", "100")}})
+    assert res["hit_rate"]["1"] == pytest.approx(EXPECTED_HIT["1"]) and res["hit_rate"]["100"] == 75.0
+
+
+def test_recall_at_1_and_5_on_hand_ranked_lists():
+    """|relevant ∩ top-K| / |relevant| per query (the authors' 4-analysis.py), worked out by hand at K = 1 and 5."""
+    gallery = list(range(10, 18))
+    ranked = np.array([[3, 0, 5, 1, 6, 2, 4, 7],   # ids 13 10 15 11 16 12 14 17
+                       [0, 1, 2, 3, 4, 5, 6, 7],   # ids 10 11 12 13 14 15 16 17
+                       [7, 6, 5, 4, 3, 2, 1, 0]])  # ids 17 16 15 14 13 12 11 10
+    gt = {7: [13, 16, 12],        # ranks 1, 5, 6: R@1 1/3, R@5 2/3
+          8: [11, 14, 99, 98],    # ranks 2, 5, two absent from the gallery: R@1 0, R@5 2/4
+          9: [10]}                # rank 8: R@1 0, R@5 0, found at K >= 8
+    m = recall_at_k([7, 8, 9], ranked, gallery, gt, SEARCH_KS)
+    whole = 100 * (1 + 2 / 4 + 1) / 3  # every K from 10 up reads the whole gallery of 8
+    assert m["recall"] == pytest.approx({"1": 100 / 9, "5": 100 * (2 / 3 + 1 / 2) / 3,
+                                         **{str(k): whole for k in PAPER_KS}})
+    assert m["hit_rate"] == pytest.approx({"1": 100 / 3, "5": 200 / 3, **{str(k): 100.0 for k in PAPER_KS}})
+    assert m["relevant_absent_from_gallery"] == 2
+
+
+def test_recall_at_every_searched_k_equals_a_per_query_count_of_the_top_k():
+    """The authors' 4-analysis.py per query: (ground-truth ids among the first K ranked) / (ground-truth ids),
+    averaged over the queries; here on random rankings, at every K of SEARCH_KS, the gallery shorter than some."""
+    rng = np.random.default_rng(0)
+    gallery = [int(i) for i in rng.choice(10**6, 60, replace=False)]
+    queries = list(range(40))
+    gt = {q: [gallery[i] for i in rng.choice(60, rng.integers(1, 6), replace=False)] + [10**7 + q] * (q % 3 == 0)
+          for q in queries}  # every third query has one relevant item outside the gallery
+    ranked = np.stack([rng.permutation(60) for _ in queries])
+    m = recall_at_k(queries, ranked, gallery, gt, SEARCH_KS)
+    for k in SEARCH_KS:
+        per_query = [sum(gallery[r] in gt[q] for r in ranked[q][:k]) / len(gt[q]) for q in queries]
+        assert m["recall"][str(k)] == pytest.approx(100 * sum(per_query) / len(queries))
+
+
+def test_search_ks_holds_the_papers_columns_and_reads_eval_topk():
+    assert set(PAPER_KS) <= set(SEARCH_KS) and {1, 5} <= set(SEARCH_KS)  # a default search fills the table
+    assert search_ks(None) == SEARCH_KS
+    assert search_ks([100, 1, 10, 10]) == (1, 10, 100)
 
 
 def test_recall_counts_each_relevant_item_once_and_caps_k_at_the_gallery():

@@ -29,7 +29,7 @@ def _search_mini(root, out):
     save_features(str(out / "q.npy"), str(out / "q.txt"), q, queries)
     save_features(str(out / "g.npy"), str(out / "g.txt"), g, gallery)
     pipeline.search_and_score(str(out / "q.npy"), str(out / "q.txt"), str(out / "g.npy"), str(out / "g.txt"),
-                              paths.gt_file("video2goods"), str(out / "results.json"), [1, 5])
+                              paths.gt_file("video2goods"), str(out / "results.json"))
     return paths, gt
 
 

@@ -184,7 +184,7 @@ def parse_value(text):
 # Settings holding a path: a relative one is taken from the directory the command was launched from
 # (the launch scripts keep it), and config.yaml records it absolute.
 PATH_KEYS = ("output_dir", "resume", "init_from", "data.root", "data.translations", "model.backbone.pretrained",
-             "eval.checkpoint", "eval.out_dir")
+             "model.cope.text_pretrained", "eval.checkpoint", "eval.out_dir")
 NOT_PATHS = (None, "auto")  # resume=auto is a mode, not a file
 
 
