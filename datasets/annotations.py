@@ -158,32 +158,40 @@ class DatasetPaths:
         return os.path.join(self.entities_dir, f"level{int(level)}.txt")
 
 
-def _read_text(path):
+def _open_text(path, read=None):
+    """`path` opened as UTF-8 text; `read` (path -> bytes, a packed dataset's reader) gives its bytes instead,
+    decoded with the same newline and BOM rules."""
+    if read is None:
+        return open(path, encoding="utf-8-sig")
+    return io.TextIOWrapper(io.BytesIO(read(path)), encoding="utf-8-sig")
+
+
+def _read_text(path, read=None):
     try:
-        with open(path, encoding="utf-8-sig") as f:
+        with _open_text(path, read) as f:
             return f.read()
     except UnicodeDecodeError as e:
         raise AnnotationError(path, None, f"expected UTF-8 text ({e})") from None
 
 
-def read_raw_lines(path):
+def read_raw_lines(path, read=None):
     """The lines of a text file as Python's readlines gives them: each with its newline, but the last
     when the file does not end with one."""
-    return io.StringIO(_read_text(path)).readlines()
+    return io.StringIO(_read_text(path, read)).readlines()
 
 
-def read_file_lines(path):
+def read_file_lines(path, read=None):
     """All lines of a small file (blank ones included); a final newline does not open an extra line."""
-    lines = _read_text(path).split("\n")
+    lines = _read_text(path, read).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [line.rstrip("\r") for line in lines]
 
 
-def iter_lines(path):
+def iter_lines(path, read=None):
     """Stream (1-based line number, line without its newline) of the non-blank lines of a file."""
     try:
-        with open(path, encoding="utf-8-sig") as f:
+        with _open_text(path, read) as f:
             for lineno, line in enumerate(f, 1):
                 line = line.rstrip("\r\n")
                 if line.strip():
@@ -206,19 +214,19 @@ def _split_fields(line, count, layout, path, lineno):
     return [f.strip() for f in fields]
 
 
-def read_goods_text(path):
+def read_goods_text(path, read=None):
     """The 6 fields of a goods text file; with another number of lines every field (the title included) is ''."""
-    lines = read_file_lines(path)
+    lines = read_file_lines(path, read)
     if len(lines) != len(GOODS_TEXT_FIELDS):
         return dict.fromkeys(GOODS_TEXT_FIELDS, "")
     return {name: line.strip() for name, line in zip(GOODS_TEXT_FIELDS, lines)}
 
 
-def read_video_text(path):
+def read_video_text(path, read=None):
     """caption, title, text of a video text file, read by position as the authors' loader does:
     the literal `null`, an empty line or a missing line gives None, lines past the third are
     ignored (`python -m datasets.validate` reports files without exactly 3 lines)."""
-    lines = read_file_lines(path)
+    lines = read_file_lines(path, read)
     out = {}
     for i, name in enumerate(VIDEO_TEXT_FIELDS):
         line = lines[i].strip() if i < len(lines) else ""
@@ -234,9 +242,9 @@ def _split_frames(value, path, lineno):
     return frames
 
 
-def read_frame_ids(path):
+def read_frame_ids(path, read=None):
     """Frame paths (relative to data.roots.video_images) of one frameid file: one comma-separated line."""
-    lines = list(iter_lines(path))
+    lines = list(iter_lines(path, read))
     if not lines:
         raise AnnotationError(path, 1, "expected one line of comma-separated frame paths, the file is empty")
     if len(lines) > 1:

@@ -14,6 +14,7 @@ import torch
 from datasets.annotations import AnnotationError, parse_item_list, read_raw_lines
 from datasets.counters import SharedCounters
 from datasets.frames import UnreadableImage, authors_centre_indices, decode_video, load_image, segment_indices
+from datasets.packed import FileStore
 from datasets.text import VIDEO_BODY_MAX_CHARS, VIDEO_TEXT_MAX_CHARS, goods_title, video_text
 from datasets.tokenizer import Tokenizer
 from datasets.transforms import EvalClipTransform
@@ -31,7 +32,9 @@ class EvalDataset:
     def __init__(self, paths, list_path, *, num_frames, image_size, text_max_len,
                  frame_source="images", skip_unreadable=False, domain=None, make_tokenizer=Tokenizer,
                  image_stats=None, translations=None, test_frames="centres", test_text="fields",
-                 preprocess="cn_clip"):
+                 preprocess="cn_clip", store=None, fast_decode=False):
+        """`store` (datasets.packed, data.format) reads the item files (None: from their folders); `fast_decode`
+        decodes JPEGs at reduced scale (data.fast_decode), close to the full decode's pixels, not equal."""
         if test_text == "authors_lines" and translations is not None and translations.translates_items:
             raise ValueError("data.test_text=authors_lines composes the Chinese lines as read; it cannot be "
                              "combined with data.translations")
@@ -49,6 +52,8 @@ class EvalDataset:
         self.skip_unreadable = skip_unreadable
         # data.preprocess; image_stats (mean, std), None: the profile's
         self.transform = EvalClipTransform(image_size, preprocess, *(image_stats or (None, None)))
+        self.store = store or FileStore()
+        self.draft = self.transform.decode_size if fast_decode else None
         self.counts = SharedCounters("black_frames", "empty_texts")
 
     def __len__(self):
@@ -84,10 +89,11 @@ class EvalDataset:
                 self.counts.add("black_frames", self.num_frames)
                 return torch.stack([self._black()] * self.num_frames)
         indices = self.frame_rule(len(item.frames), self.num_frames if item.domain == "video" else 1)
-        loaded = {}
+        loaded, read = {}, self.store.reader(item.domain, item.pid)
         for i in dict.fromkeys(indices):  # a repeated (padding) frame is read once
             try:
-                loaded[i] = load_image(os.path.join(self.paths.images_dir(item.domain), item.frames[i]))
+                loaded[i] = load_image(os.path.join(self.paths.images_dir(item.domain), item.frames[i]), read,
+                                       self.draft)
             except UnreadableImage as e:
                 self._unreadable(item, e, "a black frame")
                 self.counts.add("black_frames")
@@ -99,7 +105,8 @@ class EvalDataset:
         of lines) is counted."""
         path = os.path.join(self.paths.text_dir(item.domain), item.text_path)
         try:
-            text = composed_text(path, item.domain, self.test_text, self.translations)
+            text = composed_text(path, item.domain, self.test_text, self.translations,
+                                 self.store.reader(item.domain, item.pid))
         except (OSError, AnnotationError) as e:
             if not self.skip_unreadable:
                 raise
@@ -118,11 +125,12 @@ def item_text(path, domain, test_text="fields", translations=None):
     return translations.item_text(text) if translations else text
 
 
-def composed_text(path, domain, test_text, translations):
-    """item_text before the authors' English rule cuts it (the text an empty count is taken on)."""
+def composed_text(path, domain, test_text, translations, read=None):
+    """item_text before the authors' English rule cuts it (the text an empty count is taken on); `read`: a packed
+    dataset's reader (datasets.packed)."""
     if domain == "video" and test_text == "authors_lines":  # never with item translations (EvalDataset)
-        return authors_video_text(read_raw_lines(path))
-    fields = read_item_fields(path, domain, translations)
+        return authors_video_text(read_raw_lines(path, read))
+    fields = read_item_fields(path, domain, translations, read)
     return goods_title(fields) if domain == "goods" else video_text(fields)
 
 

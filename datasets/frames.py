@@ -5,6 +5,7 @@ segment, evaluation takes each segment's centre `int((2i+1)L/(2T))`. With fewer 
 each frame is used once and the last one is repeated up to T. The same rule picks frame numbers
 inside a raw .mp4, of which only those frames are decoded.
 """
+import io
 import os
 import stat
 
@@ -69,11 +70,21 @@ def require_regular_file(path):
         raise UnreadableImage(path, f"not a regular file: {kind}")
 
 
-def load_image(path):
-    """An RGB image file -> uint8 tensor [3, H, W]; UnreadableImage if missing, corrupt or not a regular file."""
-    require_regular_file(path)
+def load_image(path, read=None, draft=None):
+    """An RGB image file -> uint8 tensor [3, H, W]; UnreadableImage if missing, corrupt or not a regular file.
+
+    `read` (path -> bytes, a packed dataset's reader, datasets.packed) gives the file's bytes instead of the
+    file. `draft` (width, height): a JPEG is decoded at the largest DCT reduction (1/2, 1/4, 1/8) that keeps
+    both sides at least that size (PIL's Image.draft); other formats are decoded whole."""
+    if read is None:
+        require_regular_file(path)
+        source = path
+    else:
+        source = io.BytesIO(read(path))
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
+            if draft is not None:
+                img.draft(None, draft)
             if img.mode != "RGB":
                 img = img.convert("RGB")
             array = np.array(img)  # a writable copy, as torch.from_numpy wants
@@ -81,18 +92,23 @@ def load_image(path):
         raise UnreadableImage(path, "file not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # PIL reports truncated or corrupt data as OSError/SyntaxError depending on the format
-        raise UnreadableImage(path, str(e) or type(e).__name__) from None
+        # PIL names a file object by its repr: name the file
+        raise UnreadableImage(path, str(e).replace(repr(source), repr(str(path))) or type(e).__name__) from None
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def stack_frames(frames):
-    """[3, H, W] frames -> [T, 3, H, W]; frames of another size are resized to the first's."""
+    """[3, H, W] frames -> [T, 3, H, W] in channels-last memory; frames of another size are resized to the first's.
+
+    load_image's frames are [3, H, W] views of H x W x 3 arrays: stacked as such they are one contiguous copy each
+    (stacking the views channel-first transposes every pixel), and torchvision's uint8 resize reads channels-last
+    fastest (its vectorised path)."""
     size = list(frames[0].shape[-2:])
     if any(list(f.shape[-2:]) != size for f in frames[1:]):
         from torchvision.transforms.v2.functional import resize
 
         frames = [f if list(f.shape[-2:]) == size else resize(f, size, antialias=True) for f in frames]
-    return torch.stack(frames)
+    return torch.stack([f.permute(1, 2, 0) for f in frames]).permute(0, 3, 1, 2)
 
 
 def decode_video(path, num_frames, rng=None):

@@ -9,6 +9,7 @@ from datasets.annotations import DatasetPaths
 from datasets.batch import ITEM_KEYS, PAIR_VIDEO_KEYS, TRAIN_KEYS
 from datasets.eval_dataset import EvalDataset
 from datasets.families import build_tokenizer, image_stats
+from datasets.packed import open_store
 from datasets.sampler import DomainBatchSampler, ItemBatchSampler, PairBatchSampler
 from datasets.train_dataset import TrainDataset
 from datasets.train_index import load_train_index
@@ -54,6 +55,16 @@ def preprocessing(cfg):
     return {"make_tokenizer": functools.partial(build_tokenizer, family, pretrained), "preprocess": preprocess,
             "image_stats": image_stats(family, pretrained, preprocess),
             "translations": Translations.for_family(family, cfg["data"])}
+
+
+def data_store(data, paths):
+    """The reader of the item files by data.format (datasets.packed): their folders, or data.lmdb_root."""
+    return open_store(data["format"], paths, data["lmdb_root"])
+
+
+def fast_decode(data, training):
+    """data.fast_decode, whose null means on for training and off for evaluation."""
+    return training if data["fast_decode"] is None else data["fast_decode"]
 
 
 def collate_eval(items):
@@ -112,7 +123,8 @@ def build_train_loader(cfg, rank, world_size, sampler_class=None):
         paths, entries, num_frames=data["num_frames"], image_size=data["image_size"],
         query_max_len=data["query_max_len"], text_max_len=data["text_max_len"], crop_scale=data["crop_scale"],
         frame_source=data["frame_source"], seed=cfg["seed"], title_aug_prob=data["title_aug_prob"],
-        video_text_keep_prob=data["video_text_keep_prob"], **preprocessing(cfg))
+        video_text_keep_prob=data["video_text_keep_prob"], store=data_store(data, paths),
+        fast_decode=fast_decode(data, training=True), **preprocessing(cfg))
     workers = data["num_workers"]
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate_pairs if pairs else collate_train, num_workers=workers,
@@ -132,8 +144,10 @@ def build_eval_dataset(cfg, list_path, domain=None):
     """The items of one test list (a query or gallery list of data.test_files), in file order;
     `domain` ("goods" or "video"), when given, is required of every item."""
     data = cfg["data"]
+    paths = DatasetPaths.from_config(data)
     return EvalDataset(
-        DatasetPaths.from_config(data), list_path, num_frames=data["num_frames"],
+        paths, list_path, num_frames=data["num_frames"],
         image_size=data["image_size"], text_max_len=data["text_max_len"], frame_source=data["frame_source"],
         skip_unreadable=data["skip_unreadable_eval"], domain=domain, test_frames=data["test_frames"],
-        test_text=data["test_text"], **preprocessing(cfg))
+        test_text=data["test_text"], store=data_store(data, paths), fast_decode=fast_decode(data, training=False),
+        **preprocessing(cfg))

@@ -19,6 +19,7 @@ import random
 from datasets.annotations import AnnotationError, read_frame_ids
 from datasets.counters import SharedCounters
 from datasets.frames import UnreadableImage, decode_video, load_image, segment_indices, stack_frames
+from datasets.packed import FileStore
 from datasets.text import augment_title, goods_title, video_text
 from datasets.sampler import item_lists
 from datasets.tokenizer import Tokenizer
@@ -35,10 +36,11 @@ class TrainDataset:
     def __init__(self, paths, entries, *, num_frames, image_size, query_max_len, text_max_len,
                  crop_scale=(0.64, 1.0), frame_source="images", seed=0, title_aug_prob=0.6,
                  video_text_keep_prob=0.8, make_tokenizer=Tokenizer, image_stats=None,
-                 translations=None, preprocess="cn_clip"):
+                 translations=None, preprocess="cn_clip", store=None, fast_decode=False):
         """`make_tokenizer()` gives the backbone family's tokenizer, `image_stats` its (mean, std) (None: those
         of the `preprocess` profile, data.preprocess) and `translations` (datasets.translations.Translations)
-        its English texts."""
+        its English texts. `store` (datasets.packed, data.format) reads the item files (None: from their
+        folders); `fast_decode` decodes JPEGs at reduced scale where the transform allows it (data.fast_decode)."""
         self.paths = paths
         self.entries = entries
         # one tokenizer each, so that the truncation rates of queries and texts are told apart
@@ -53,6 +55,8 @@ class TrainDataset:
         self.title_aug_prob = title_aug_prob
         self.video_text_keep_prob = video_text_keep_prob
         self.transform = train_clip_transform(image_size, crop_scale, preprocess, *(image_stats or (None, None)))
+        self.store = store or FileStore()
+        self.draft = self.transform.decode_size if fast_decode else None
         # queries that can stand in for an unreadable item, per domain
         self._queries_with = {"goods": [], "video": []}
         for i, (goods, videos) in enumerate(item_lists(entries)):
@@ -155,13 +159,14 @@ class TrainDataset:
 
     def _load_frames(self, domain, pid, rng):
         """uint8 [T, 3, H, W] (T = 1 for goods)."""
+        read = self.store.reader(domain, pid)
         if domain == "goods":
-            return load_image(self.paths.image_path(pid))[None]
+            return load_image(self.paths.image_path(pid), read, self.draft)[None]
         if self.frame_source == "raw":
             return decode_video(self.paths.raw_video_path(pid), self.num_frames, rng)
         frameid_path = self.paths.frameid_path(pid)
         try:
-            names = read_frame_ids(frameid_path)
+            names = read_frame_ids(frameid_path, read)
         except (OSError, AnnotationError) as e:
             raise UnreadableImage(frameid_path, str(e)) from None
         frame_paths = [os.path.join(self.paths.images_dir("video"), name) for name in names]
@@ -171,7 +176,7 @@ class TrainDataset:
             try:
                 for i in indices:
                     if frame_paths[i] not in loaded:
-                        loaded[frame_paths[i]] = load_image(frame_paths[i])
+                        loaded[frame_paths[i]] = load_image(frame_paths[i], read, self.draft)
             except UnreadableImage as e:
                 # sample again over the readable frames (repeat-last padding if fewer than T remain)
                 self.counts.add("unreadable_images")
@@ -187,7 +192,7 @@ class TrainDataset:
         tokenises to nothing."""
         path = self.paths.text_path(domain, pid)
         try:
-            fields = read_item_fields(path, domain, self.translations)
+            fields = read_item_fields(path, domain, self.translations, self.store.reader(domain, pid))
         except (OSError, AnnotationError) as e:
             self.counts.add("unreadable_texts")
             self._log_once(self.translations.text_path(path) if self.translations else path,

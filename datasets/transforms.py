@@ -19,7 +19,13 @@ batch), so the frames of a video stay aligned. cn_clip's crops are taken before 
 uint8, so only the kept pixels are resampled. The functional ops are called directly: at 224 px
 the per-call overhead of a v2.Compose pipeline costs more than the pixel work itself
 (benchmarks/bench_transforms.py).
+
+`decode_size` of a transform: the smallest source (width, height) it resamples from without upsampling, which
+data.fast_decode lets a JPEG be decoded down to (datasets.frames.load_image); None where the profile reproduces
+a reference's pixels exactly (authors, training and test), so that a reduced decode would change them.
 """
+import math
+
 import torch
 from PIL import Image
 from torchvision import transforms as T
@@ -77,6 +83,8 @@ class EvalClipTransform:
 
     def __init__(self, image_size, preprocess="cn_clip", mean=None, std=None):
         self.transform = eval_transform(image_size, preprocess, mean, std)
+        # cn_clip's bicubic squash reads the whole image: a reduced decode is close, not equal (data.fast_decode)
+        self.decode_size = None if preprocess == "authors" else (image_size, image_size)
 
     def __call__(self, frames):
         return torch.stack([self.transform(F.to_pil_image(frame)) for frame in frames])
@@ -112,6 +120,10 @@ class TrainClipTransform(_SeededClipTransform):
         self.crop = v2.RandomResizedCrop(image_size, scale=tuple(crop_scale), ratio=CROP_RATIO)
         self.canvas = torch.empty(1, image_size, image_size, dtype=torch.uint8)
         self.normalize = _Normalize(mean, std)
+        # the narrowest crop covers sqrt(min scale * min ratio) of each side of the canvas (a ratio r gives a
+        # width sqrt(area * r) and a height sqrt(area / r)): the source must keep S / that many pixels
+        side = math.ceil(image_size / math.sqrt(crop_scale[0] * CROP_RATIO[0]))
+        self.decode_size = (side, side)
 
     def _apply(self, clip):
         box = self.crop.make_params([self.canvas])
@@ -119,6 +131,7 @@ class TrainClipTransform(_SeededClipTransform):
         top, left = round(box["top"] * sy), round(box["left"] * sx)
         height, width = max(1, round(box["height"] * sy)), max(1, round(box["width"] * sx))
         clip = F.resized_crop(clip, top, left, height, width, self.size, interpolation=INTERPOLATION, antialias=True)
+        clip = clip.contiguous()  # a channels-last clip (datasets.frames.stack_frames) gives the usual layout back
         if torch.rand(()) < 0.5:
             clip = F.horizontal_flip(clip)
         return self.normalize(clip)
@@ -127,6 +140,8 @@ class TrainClipTransform(_SeededClipTransform):
 class AuthorsTrainClipTransform(_SeededClipTransform):
     """authors profile: every frame squashed whole to S x S by PIL nearest-neighbour, one horizontal flip
     (p = 0.5) for the whole clip, then normalise: what the authors' training transform computes."""
+
+    decode_size = None  # the authors' pixels: every frame decoded whole
 
     def __init__(self, image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.size = (image_size, image_size)

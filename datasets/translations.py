@@ -154,10 +154,11 @@ class Translations:
         return text
 
 
-def read_item_fields(path, domain, translations=None):
+def read_item_fields(path, domain, translations=None, read=None):
     """The parsed text file of an item (`path`: its Chinese one) as the model reads it: with `translations`,
-    the English file beside it or the table's fields. OSError or AnnotationError when it cannot be read."""
+    the English file beside it or the table's fields; `read` (path -> bytes): a packed dataset's reader.
+    OSError or AnnotationError when it cannot be read."""
     if translations:
         path = translations.text_path(path)
-    fields = read_goods_text(path) if domain == "goods" else read_video_text(path)
+    fields = read_goods_text(path, read) if domain == "goods" else read_video_text(path, read)
     return translations.item_fields(domain, fields) if translations else fields

@@ -2,6 +2,7 @@
 
     python -m datasets.validate ROOT [--dataset Real400K] [--max-items N] [--decode-images]
     python -m datasets.validate --config CFG [ROOT] ...   root, dataset, list files and item folders of CFG's data section
+    python -m datasets.validate --packed DIR [--decode-images]   a packed folder (data.lmdb_root) against its manifest
 
 Prints counts and every problem (file:line and what was expected), grouped by kind,
 and exits with status 1 when a rule is violated. Warnings (allowed by the format but
@@ -344,6 +345,23 @@ def validate(root, dataset="Real400K", max_items=None, decode_images=False, max_
     return report
 
 
+def check_packed_folder(folder, decode_images):
+    """Print the problems of a packed folder (datasets.packed.validate_packed); 1 if any."""
+    from datasets.packed import PackError, validate_packed
+
+    try:
+        problems, manifest = validate_packed(folder, decode_images)
+    except PackError as e:
+        print(f"ERROR {e}")
+        return 1
+    shards = [s for domain in manifest["shards"].values() for s in domain]
+    print(f"counts:\n  shards: {len(shards)}\n  items: {sum(s['items'] for s in shards)}\n"
+          f"  files packed as missing: {manifest['counts']['missing_files']}")
+    for line in problems:
+        print(f"ERROR {line}")
+    return 1 if problems else 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Check a dataset root against docs/DATA_FORMAT.md.")
     parser.add_argument("root", nargs="?", help="folder holding Real400K/ (or Real20M/), entities/ and the list files "
@@ -356,7 +374,11 @@ def main(argv=None):
                         help="check the files of at most N sampled items per group (default: all)")
     parser.add_argument("--decode-images", action="store_true", help="also decode every checked image")
     parser.add_argument("--max-examples", type=int, default=20, help="problems printed per kind")
+    parser.add_argument("--packed", metavar="DIR", help="check a folder of scripts/pack_dataset.py (its shards' "
+                                                         "entries and checksums against manifest.json) instead")
     args = parser.parse_args(argv)
+    if args.packed:
+        return check_packed_folder(args.packed, args.decode_images)
     if args.config:
         from utils.config import load_config
 

@@ -11,6 +11,7 @@ from datasets.annotations import DIRECTIONS, AnnotationError, DatasetPaths, iter
 from datasets.eval_dataset import TEST_FRAMES, TEST_TEXTS
 from datasets.families import CHINESE_FAMILIES, ENGLISH_FAMILIES, FAMILIES, HF_MODEL_TYPES
 from datasets.frames import FRAME_SOURCES, UnreadableImage
+from datasets.packed import DATA_FORMATS, check_packed, run_lists
 from datasets.transforms import PREPROCESS_PROFILES
 from datasets.translations import ENGLISH_RULES, is_line_aligned, read_translations
 from engine.run_dir import RunDirError, config_changes
@@ -41,6 +42,7 @@ CHOICES = {
     ("task",): TASKS,
     ("dist_backend",): BACKENDS,
     ("data", "frame_source"): FRAME_SOURCES,
+    ("data", "format"): DATA_FORMATS,
     ("data", "preprocess"): PREPROCESS_PROFILES,
     ("data", "test_frames"): TEST_FRAMES,
     ("data", "test_text"): TEST_TEXTS,
@@ -75,6 +77,7 @@ def validate_config(cfg, evaluate=False):
                 raise ConfigError(f"{'.'.join(path)}={value!r}: expected a list of any of {list(allowed)}")
         elif value not in allowed:
             raise ConfigError(f"{'.'.join(path)}={value!r}: expected one of {list(allowed)}")
+    check_data_format(cfg["data"])
     ratio = cfg["model"]["recon"]["vision_mask_ratio"]
     if not 0 < ratio <= 1:
         raise ConfigError(f"model.recon.vision_mask_ratio={ratio!r}: expected a value in (0, 1]")
@@ -330,6 +333,24 @@ def check_gallery_size(cfg, paths):
                     topk, size, gallery)
 
 
+def check_data_format(data):
+    """data.format, data.lmdb_root and data.fast_decode together."""
+    if data["format"] == "lmdb" and not data["lmdb_root"]:
+        raise ConfigError("data.format=lmdb needs data.lmdb_root: the folder scripts/pack_dataset.py wrote")
+    if data["format"] == "lmdb" and data["frame_source"] == "raw":
+        raise ConfigError("data.format=lmdb packs frame images; data.frame_source=raw reads .mp4 files: use "
+                          "data.frame_source=images")
+    if data["format"] == "lmdb" and data["english_suffix"]:
+        raise ConfigError("data.format=lmdb packs the Chinese item texts only; data.english_suffix reads other "
+                          "files: use data.format=files or a translation table (data.translations)")
+    if data["fast_decode"] is not None and not isinstance(data["fast_decode"], bool):
+        raise ConfigError(f"data.fast_decode={data['fast_decode']!r}: expected null (on for training, off for "
+                          "evaluation), true or false")
+    if data["fast_decode"] and data["preprocess"] == "authors":
+        raise ConfigError("data.fast_decode=true with data.preprocess=authors: the authors' pixels need every "
+                          "frame decoded whole; set data.fast_decode=null or false")
+
+
 def preflight(cfg, evaluate=False):
     """Every file a run needs, checked in a second before any process group or model exists: the checkpoints
     to continue from or start with (and the settings stored in them), the data folder and its list files (the
@@ -348,6 +369,8 @@ def preflight(cfg, evaluate=False):
         paths.require(*paths.direction_files(cfg["eval"]["direction"]))
     else:
         paths.require(paths.train_file)
+    if data["format"] == "lmdb":
+        check_packed(data["lmdb_root"], paths, run_lists(paths, evaluate, cfg["eval"]["direction"]))
     family, pretrained = cfg["model"]["family"], cfg["model"]["backbone"]["pretrained"]
     check_weights(family, pretrained)
     if family in HF_MODEL_TYPES:
