@@ -7,11 +7,12 @@ for ARG in "$@"; do
     case "$ARG" in
         -h | --help)
             cat <<'USAGE'
-usage: sh train.sh [CONFIG] [key=value ...]
+usage: sh train.sh [CONFIG] [key=value ...] [--check]
   CONFIG        the run's config (default configs/qcd_real400k.yaml); a relative path is taken from the
                 directory you run this from, else from the repository (configs/...)
   key=value     overrides of the config, e.g. output_dir=runs/a data.root=/data/qcd train.max_steps=100
                 (relative paths are the caller's, as CONFIG's)
+  --check       only check the config and the files it names, then stop
 The config and the files it names are checked in seconds before torchrun starts any worker.
 environment:
   NPROC_PER_NODE  processes on this node (default: one per local GPU, or 2 CPU processes on gloo)
@@ -38,6 +39,7 @@ PYTHON="$(sh "$ROOT/scripts/setup_env.sh" --find-python)"
 
 # the config and the files it names, in a second, before torchrun starts any worker
 "$PYTHON" "$ROOT/main_cross_domain_emb.py" --config "$CONFIG" --check "$@"
+case " $* " in *" --check "*) exit 0 ;; esac
 # the interpreter and its torch build (the wheel's metadata: no torch import)
 TORCH_VERSION="$("$PYTHON" -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null)" \
     || TORCH_VERSION="(version unknown)"

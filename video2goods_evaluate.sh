@@ -6,7 +6,7 @@ set -e
 ROOT="$(cd "$(dirname "$0")" && pwd)"
 DIRECTION="${EVAL_DIRECTION:-video2goods}"
 NAME="${EVAL_SCRIPT:-$(basename "$0")}"
-USAGE="usage: sh $NAME CKPT [CONFIG] [key=value ...]   (CKPT: the checkpoint to evaluate, or null)"
+USAGE="usage: sh $NAME CKPT [CONFIG] [key=value ...] [--check]   (CKPT: the checkpoint to evaluate, or null)"
 for ARG in "$@"; do
     case "$ARG" in
         -h | --help)
@@ -17,6 +17,7 @@ $USAGE
   CONFIG      the config (default configs/qcd_real400k.yaml); a relative path is taken from the directory you
               run this from, else from the repository (configs/...)
   key=value   overrides of the config, e.g. data.root=/data/qcd eval.feature=all (relative paths are the caller's)
+  --check     only check the config and the files it names, then stop
 torchrun extracts the query and the gallery features ($DIRECTION, sharded over the processes), then rank 0
 searches with faiss and prints R@1/5/10/20/50/100 (eval.topk); results.json and page.html go to eval.out_dir (default
 <output_dir>/eval/$DIRECTION/<feature>). The config and the files it names are checked before torchrun starts.
@@ -57,6 +58,7 @@ esac
 PYTHON="$(sh "$ROOT/scripts/setup_env.sh" --find-python)"
 "$PYTHON" "$ROOT/main_cross_domain_emb.py" --config "$CONFIG" --evaluate --check \
     "eval.checkpoint=$CKPT" "eval.direction=$DIRECTION" "$@"
+case " $* " in *" --check "*) exit 0 ;; esac
 # the interpreter and its torch build (the wheel's metadata: no torch import)
 TORCH_VERSION="$("$PYTHON" -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null)" \
     || TORCH_VERSION="(version unknown)"

@@ -101,8 +101,8 @@ class EvalDataset:
         return [loaded[i] for i in indices]
 
     def _text(self, item):
-        """The item's text; an empty one (unreadable with skip on, or a file with the wrong number
-        of lines) is counted."""
+        """The item's text; an empty one (unreadable with skip on, a file with the wrong number of lines, or a
+        text that tokenises to nothing) is counted."""
         path = os.path.join(self.paths.text_dir(item.domain), item.text_path)
         try:
             text = composed_text(path, item.domain, self.test_text, self.translations,
@@ -113,9 +113,10 @@ class EvalDataset:
             logger.warning("%s: unreadable text (%s); item %s of %s gets an empty text", path, e, item.pid,
                            self.list_path)
             text = ""
-        if not text:
+        text = self.translations.item_text(text) if self.translations else text
+        if not self.tokenizer.has_tokens(text):
             self.counts.add("empty_texts")
-        return self.translations.item_text(text) if self.translations else text
+        return text
 
 
 def item_text(path, domain, test_text="fields", translations=None):

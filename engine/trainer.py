@@ -360,8 +360,9 @@ class Trainer:
             self.sampler.set_epoch(e)
             lengths.append(len(self.loader))
         if min(lengths) == 0:
-            raise RuntimeError(f"the training set gives no full batch of {self.t['batch_size']} per rank on "
-                               f"{self.world_size} ranks")
+            raise ValueError(f"the training list {self.cfg['data']['train_file']} gives no full batch of "
+                             f"{self.t['batch_size']} per rank on {self.world_size} ranks in some epoch; lower "
+                             "train.batch_size or start fewer processes (NPROC_PER_NODE)")
         return lengths
 
     def _restore(self, state, path):

@@ -355,6 +355,9 @@ def test_unreadable_eval_item_is_an_error_unless_skipping(tmp_path):
     with pytest.raises(FileNotFoundError, match="1.txt"):
         strict[0]
     assert lenient[0]["text_mask"].sum() == 2 and lenient.stats()["empty_texts"] == 1
+    # a title of zero-width characters only reads as an empty text: counted too
+    write_text(paths.text_path("goods", 1), ["1", "类目", "品牌", "实体", "\u200b\u200d", "描述"])
+    assert lenient[0]["text_mask"].sum() == 2 and lenient.stats()["empty_texts"] == 2
 
 
 def test_eval_raw_videos_decode_centres_and_missing_ones_follow_the_skip_rule(tmp_path, gray_video):

@@ -113,3 +113,14 @@ def test_an_empty_query_list_stops_evaluation_with_one_line(mini_root, tmp_path)
                           text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: {empty}: empty list: expected at least one non-blank line"
+
+
+@pytest.mark.parametrize("script,first", [("train.sh", []), ("video2goods_evaluate.sh", ["null"])])
+def test_check_alone_stops_after_the_launch_check(script, first, mini_root, tmp_path):
+    out = tmp_path / "out"
+    proc = launch(script, *first, DEMO, f"data.root={mini_root}", f"output_dir={out}", "--check", cwd=tmp_path,
+                  timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[launch]" not in proc.stdout + proc.stderr and not out.exists()  # torchrun never started
+    bad = launch(script, *first, DEMO, "data.root=/absent", f"output_dir={out}", "--check", cwd=tmp_path, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: data.root=/absent")

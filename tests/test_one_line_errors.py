@@ -94,3 +94,17 @@ def test_a_rank_stopped_after_writing_its_line_still_gives_its_exit_code(tmp_pat
     failures = {0: ProcessFailure(0, 10, -15, str(tmp_path / "none.json")),
                 1: ProcessFailure(1, 11, 3, str(tmp_path / "none.json"))}
     assert failure_line(failures) == ("error: worker rank 1 exited with code 3; its output above says why", 3)
+
+
+def test_workers_that_all_stopped_for_a_signal_end_with_the_preemption_line(tmp_path):
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    from utils.distributed import failure_line
+    from utils.preemption import EXIT_PREEMPTED
+
+    none = str(tmp_path / "none.json")
+    stopped = {r: ProcessFailure(r, 10 + r, EXIT_PREEMPTED, none) for r in (0, 1)}  # SIGTERM to one worker only
+    line, code = failure_line(stopped)
+    assert code == EXIT_PREEMPTED and line.startswith("preempted: ") and line.endswith("resume=auto to continue")
+    mixed = {0: ProcessFailure(0, 10, EXIT_PREEMPTED, none), 1: ProcessFailure(1, 11, 1, none)}
+    assert failure_line(mixed) == ("error: worker rank 1 exited with code 1; its output above says why", 1)

@@ -372,3 +372,12 @@ def test_evaluate_flag_hands_over_to_feature_extraction(straight, mini_root, tmp
         assert ids == [str(item.pid) for item in parse_item_list(list_path)]
         assert feats.shape == (len(ids), 64)
         assert np.allclose(np.linalg.norm(feats.astype(np.float32), axis=1), 1, atol=1e-2)
+
+
+def test_a_list_too_small_for_one_batch_is_bad_input_naming_the_list_and_the_fix(mini_root, tmp_path):
+    from engine.checks import FAILURES
+
+    with pytest.raises(ValueError, match=r"train\.txt gives no full batch of 1000 per rank on 1 ranks in some epoch; "
+                                         r"lower train\.batch_size") as err:
+        run_inprocess(mini_root, str(tmp_path / "out"), "train.batch_size=1000")
+    assert [code for kinds, _, code in FAILURES if isinstance(err.value, kinds)][0] == 2

@@ -16,6 +16,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from utils.preemption import EXIT_PREEMPTED
+
 CLUSTER_ENV_HINT = "conda env create -f environment.yml (pins in requirements-cluster.txt)"
 
 
@@ -190,12 +192,19 @@ def write_error_file(path, line, code):
 
 def failure_line(failures):
     """(the line, the exit code) that stand for the failed workers of a torchrun (rank -> ProcessFailure): the
-    line of the lowest rank that wrote one (write_error_file), else the first exit of the lowest rank."""
+    line of the lowest rank that wrote one (write_error_file); the preemption line when every rank stopped for a
+    stop signal; else the exit of the lowest rank that failed (not one that stopped because of it)."""
     written = [r for r in sorted(failures) if "line" in failures[r].error_file_data]
+    if not written and all(f.exitcode == EXIT_PREEMPTED for f in failures.values()):
+        # a stop signal reached a worker, not the launcher: every rank stopped at one step with a checkpoint
+        return ("preempted: a stop signal reached the workers; they stopped at a step boundary and wrote their "
+                "checkpoint; run the same command with resume=auto to continue", EXIT_PREEMPTED)
     if written:
         failure = failures[written[0]]
         return failure.error_file_data["line"], failure.error_file_data["exitcode"]
-    exited = [r for r in sorted(failures) if failures[r].exitcode > 0] or sorted(failures)
+    # the rank that failed, before those that exited or stopped because of it
+    exited = ([r for r in sorted(failures) if failures[r].exitcode > 0 and failures[r].exitcode != EXIT_PREEMPTED]
+              or [r for r in sorted(failures) if failures[r].exitcode > 0] or sorted(failures))
     rank, failure = exited[0], failures[exited[0]]
     how = (f"exited with code {failure.exitcode}" if failure.exitcode > 0
            else f"was stopped by {failure.signal_name()}")
@@ -205,7 +214,10 @@ def failure_line(failures):
 def torchrun(argv):
     """torchrun in this process (argv: `-m torch.distributed.run` and its arguments, as the launch scripts pass
     them) -> the exit code. When workers fail it prints failure_line's line, and exits with their code (2 bad
-    input, 1 a failed run), instead of torchrun's traceback of ChildFailedError and exit code 1."""
+    input, 1 a failed run), instead of torchrun's traceback of ChildFailedError and exit code 1. A stop signal
+    to torchrun itself (which forwards it to the workers) exits 128 + the signal, without its traceback: the
+    launch script that sent it ends with its own line."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -217,4 +229,6 @@ def torchrun(argv):
         line, code = failure_line(e.failures)
         print(line, file=sys.stderr, flush=True)
         return code
+    except SignalException as e:
+        return 128 + int(e.sigval)
     return 0
