@@ -34,6 +34,7 @@ from PIL import Image
 from datasets.annotations import (DIRECTIONS, AnnotationError, iter_lines, parse_item_line, parse_train_line,
                                   read_frame_ids)
 from datasets.frames import UnreadableImage, load_image, require_regular_file
+from utils.files import file_sha256
 
 MANIFEST = "manifest.json"
 PLAN = "pack.json"  # written first: the plan an interrupted pack resumes, and the folder's claim
@@ -48,14 +49,6 @@ ERRORS = b"!errors"
 
 class PackError(ValueError):
     """A packed folder that cannot be used: missing, incomplete, corrupted or packed from other lists."""
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def entry_key(data_dir, path):
@@ -100,7 +93,7 @@ def check_packed(folder, paths, lists):
         if rel not in packed:
             raise PackError(f"data.lmdb_root={folder} was not packed from {key}={rel} (it holds "
                             f"{', '.join(sorted(packed))}): pack the lists of this run")
-        if sha256_file(path) != packed[rel]:
+        if file_sha256(path) != packed[rel]:
             raise PackError(f"{key}={path} changed since data.lmdb_root={folder} was packed from it (SHA-256 "
                             "differs): pack again")
     if manifest["roots"] != relative_roots(paths):
@@ -241,7 +234,7 @@ def list_files(paths):
     """{config key(s): {"path" relative to data.root, "sha256", "bytes"}} of the list files a pack is made from."""
     out = {}
     for path in [paths.train_file] + test_lists(paths):
-        out[paths.config_keys(path)] = {"path": os.path.relpath(path, paths.root), "sha256": sha256_file(path),
+        out[paths.config_keys(path)] = {"path": os.path.relpath(path, paths.root), "sha256": file_sha256(path),
                                         "bytes": os.path.getsize(path)}
     return out
 

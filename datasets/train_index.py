@@ -27,6 +27,7 @@ import numpy as np
 
 from datasets.annotations import AnnotationError, TrainEntry, iter_lines, merge_duplicate_queries, parse_train_line
 from datasets.translations import read_aligned_english
+from utils.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,8 @@ FORMAT = 2  # bump when the arrays change meaning
 CACHE_DIR_NAME = ".train_index"  # the default cache folder, beside the training file
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file_key(path):
-    return {"path": os.path.abspath(path), "sha256": _sha256(path)}
+    return {"path": os.path.abspath(path), "sha256": file_sha256(path)}
 
 
 def index_key(path, english_file=None):

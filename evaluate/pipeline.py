@@ -19,6 +19,7 @@ from evaluate.extract import FEATURES, extract_features, merged_paths
 from evaluate.features import load_features, write_text, write_text_features
 from evaluate.metrics import SEARCH_KS, recall_at_k, search_ks
 from evaluate.search import normalize, search_gallery
+from utils.files import file_sha256
 
 FEATURE_CHOICES = FEATURES + ("all",)
 SIDES = ("query", "gallery")
@@ -94,22 +95,16 @@ def data_paths(cfg):
     return DatasetPaths.from_config(cfg["data"])
 
 
-def file_digest(path):
-    """sha256 of a file's contents (a retrained checkpoint_latest or an edited list under the same name)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def path_digest(path):
-    """file_digest of a file; of a folder (a save_pretrained model), the sha256 of its files' names and digests."""
+    """file_sha256 of a file; of a folder (a save_pretrained model), the sha256 of its files' names and digests."""
     if not os.path.isdir(path):
-        return file_digest(path)
+        return file_sha256(path)
     h = hashlib.sha256()
     for root, dirs, files in os.walk(path):
         dirs.sort()
         for name in sorted(files):
             full = os.path.join(root, name)
-            h.update(f"{os.path.relpath(full, path)}\0{file_digest(full)}\n".encode())
+            h.update(f"{os.path.relpath(full, path)}\0{file_sha256(full)}\n".encode())
     return h.hexdigest()
 
 
@@ -120,10 +115,10 @@ def model_made_by(cfg):
                                         "skip_unreadable_eval", "translations", "test_frames", "test_text",
                                         "english_suffix", "english_rule", "preprocess", "roots")}
     data["root"] = os.path.abspath(cfg["data"]["root"])
-    data["translations_sha256"] = file_digest(data["translations"]) if data["translations"] else None
+    data["translations_sha256"] = file_sha256(data["translations"]) if data["translations"] else None
     pretrained = cfg["model"]["backbone"]["pretrained"]
     return {"checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
-            "checkpoint_sha256": file_digest(checkpoint) if checkpoint else None,
+            "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
             # without a checkpoint (train.mode=infer) the family's released weights make the features
             "pretrained_sha256": None if checkpoint or not pretrained else path_digest(pretrained),
             "seed": cfg["seed"], "model": cfg["model"], "data": data}
@@ -133,7 +128,7 @@ def features_made_by(cfg, list_path, model_part=None):
     """Everything the features of `list_path` depend on; a feature folder made from anything else is
     computed again (evaluate/extract.py). `model_part`: model_made_by(cfg), when already computed (its
     checkpoint digest reads the whole file)."""
-    return dict(model_part or model_made_by(cfg), list=os.path.abspath(list_path), list_sha256=file_digest(list_path))
+    return dict(model_part or model_made_by(cfg), list=os.path.abspath(list_path), list_sha256=file_sha256(list_path))
 
 
 def load_eval_model(cfg, device, rank=0):
