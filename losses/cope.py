@@ -23,9 +23,10 @@ go to the device, so GPU memory does not grow with the number of queries (the CP
 float32: 2 GB for 1 M queries of 512-d features).
 """
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from losses.query_contrastive import gather_features
 
 PAIR_TERMS = ("cross_fused", "cross_text", "cross_visual", "inner_goods", "inner_video")
 QUERY_TERMS = ("query_fused", "query_text", "query_visual", "inner_goods", "inner_video")
@@ -50,15 +51,6 @@ def query_terms(contrastive, query, item, goods):
             "loss_query_text": contrastive(query, item["text"]),
             "loss_query_visual": contrastive(query, item["visual"]),
             "loss_inner_goods": inner if goods else zero, "loss_inner_video": zero if goods else inner}
-
-
-def _gather_rows(x):
-    """[B, ...] of every rank, concatenated in rank order (no gradient); x itself on one process."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
 
 
 class ClassCentres(nn.Module):
@@ -116,8 +108,8 @@ class ClassCentres(nn.Module):
     def update(self, features, labels):
         """Each class of the batches of all ranks moves to normalise(m * centre + (1 - m) * mean of its rows'
         unit features); a class seen for the first time starts at that mean."""
-        features = _gather_rows(F.normalize(features.detach().float(), dim=-1)).cpu()
-        labels = _gather_rows(labels.detach().long()).cpu()
+        features = gather_features(F.normalize(features.detach().float(), dim=-1)).cpu()
+        labels = gather_features(labels.detach().long()).cpu()
         self._check(labels)
         classes, inverse = torch.unique(labels, return_inverse=True)
         means = torch.zeros(classes.numel(), features.shape[1]).index_add_(0, inverse, features)
