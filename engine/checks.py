@@ -153,7 +153,7 @@ def validate_config(cfg, evaluate=False):
 
 def _check_cope(cfg):
     """The settings model.family=cope runs with (models/cope.py, losses/cope.py)."""
-    mode, c, lc = cfg["train"]["mode"], cfg["model"]["cope"], cfg["loss"]["cope"]
+    mode, lc = cfg["train"]["mode"], cfg["loss"]["cope"]
     if mode == "infer":
         raise ConfigError("model.family=cope has no released weights to evaluate untrained: train.mode must be ft or "
                           "query")
@@ -162,42 +162,42 @@ def _check_cope(cfg):
     if cfg["data"]["num_frames"] < 2:
         raise ConfigError(f"data.num_frames={cfg['data']['num_frames']}: model.family=cope tells a micro-video (T > 1) "
                           "from a goods item (T = 1) by its frame count; expected at least 2")
-    for key, value in (("model.cope.fusion_layers", c["fusion_layers"]), ("model.cope.fusion_heads", c["fusion_heads"]),
-                       ("loss.cope.num_classes", lc["num_classes"])):
-        if value < 1:
-            raise ConfigError(f"{key}={value!r}: expected an integer >= 1")
-    if cfg["model"]["embed_dim"] % c["fusion_heads"]:
-        raise ConfigError(f"model.cope.fusion_heads={c['fusion_heads']}: expected a divisor of model.embed_dim="
-                          f"{cfg['model']['embed_dim']}")
-    if lc["cls_negatives"] < 0:
-        raise ConfigError(f"loss.cope.cls_negatives={lc['cls_negatives']!r}: expected an integer >= 0")
-    if not lc["cls_temperature"] > 0:
-        raise ConfigError(f"loss.cope.cls_temperature={lc['cls_temperature']!r}: expected a temperature > 0")
     if not 0 <= lc["cls_momentum"] < 1:
         raise ConfigError(f"loss.cope.cls_momentum={lc['cls_momentum']!r}: expected a value in [0, 1)")
-    for name, weight in lc["weights"].items():
-        if not weight >= 0:
-            raise ConfigError(f"loss.cope.weights.{name}={weight!r}: expected a loss weight >= 0")
 
 
 def _check_ranges(cfg):
     """Sizes and factors out of range, each of which would otherwise fail (or divide by zero) after torchrun."""
     d, m, e = cfg["data"], cfg["model"], cfg["eval"]
-    for key, value, low in (("data.num_frames", d["num_frames"], 1), ("data.num_workers", d["num_workers"], 0),
-                            ("data.image_size", d["image_size"], 1), ("data.text_max_len", d["text_max_len"], 1),
-                            # [CLS] and [SEP] around at least one token
-                            ("data.query_max_len", d["query_max_len"], 3), ("model.embed_dim", m["embed_dim"], 1),
-                            ("model.video.ftt_heads", m["video"]["ftt_heads"], 1),
-                            ("eval.batch_size", e["batch_size"], 1), ("eval.page_topk", e["page_topk"], 1)):
+    ranges = [("data.num_frames", d["num_frames"], 1), ("data.num_workers", d["num_workers"], 0),
+              ("data.image_size", d["image_size"], 1), ("data.text_max_len", d["text_max_len"], 1),
+              # [CLS] and [SEP] around at least one token
+              ("data.query_max_len", d["query_max_len"], 3), ("model.embed_dim", m["embed_dim"], 1),
+              ("model.video.ftt_heads", m["video"]["ftt_heads"], 1),
+              ("eval.batch_size", e["batch_size"], 1), ("eval.page_topk", e["page_topk"], 1)]
+    temperatures = [("loss.temperature", cfg["loss"]["temperature"])]
+    weights = [("loss", cfg["loss"]["weights"]), ("pretrain", cfg["pretrain"]["weights"])]
+    if m["family"] == "cope":
+        c, lc = m["cope"], cfg["loss"]["cope"]
+        ranges += [("model.cope.fusion_layers", c["fusion_layers"], 1),
+                   ("model.cope.fusion_heads", c["fusion_heads"], 1),
+                   ("loss.cope.num_classes", lc["num_classes"], 1), ("loss.cope.cls_negatives", lc["cls_negatives"], 0)]
+        temperatures.append(("loss.cope.cls_temperature", lc["cls_temperature"]))
+        weights.append(("loss.cope", lc["weights"]))
+    for key, value, low in ranges:
         if value < low:
             raise ConfigError(f"{key}={value!r}: expected an integer >= {low}")
     if m["video"]["pooling"] == "ftt" and m["embed_dim"] % m["video"]["ftt_heads"]:
         raise ConfigError(f"model.video.ftt_heads={m['video']['ftt_heads']}: expected a divisor of model.embed_dim="
                           f"{m['embed_dim']} (the width of the frame transformer)")
-    if not cfg["loss"]["temperature"] > 0:
-        raise ConfigError(f"loss.temperature={cfg['loss']['temperature']!r}: expected a temperature > 0")
-    for section in ("loss", "pretrain"):
-        for name, weight in cfg[section]["weights"].items():
+    if m["family"] == "cope" and m["embed_dim"] % m["cope"]["fusion_heads"]:
+        raise ConfigError(f"model.cope.fusion_heads={m['cope']['fusion_heads']}: expected a divisor of model.embed_dim="
+                          f"{m['embed_dim']}")
+    for key, value in temperatures:
+        if not value > 0:
+            raise ConfigError(f"{key}={value!r}: expected a temperature > 0")
+    for section, section_weights in weights:
+        for name, weight in section_weights.items():
             if not weight >= 0:
                 raise ConfigError(f"{section}.weights.{name}={weight!r}: expected a loss weight >= 0")
     scale = d["crop_scale"]
