@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.frames import require_regular_file
+from datasets.packed import FileStore
 from evaluate.features import write_text
 
 THUMB = (160, 120)  # max width, height of one embedded thumbnail
@@ -39,11 +40,13 @@ body {{ font-family: "Noto Sans CJK SC", "WenQuanYi Micro Hei", "PingFang SC", "
 """
 
 
-def thumbnail(path):
-    """base64 JPEG of an image, or None when it cannot be read (a FIFO or device among them, never opened)."""
+def thumbnail(path, read=None):
+    """base64 JPEG of an image, or None when it cannot be read (a FIFO or device among them, never opened);
+    `read` (path -> bytes, datasets.packed): the image's bytes from a packed dataset instead of the file."""
     try:
-        require_regular_file(path)
-        with Image.open(path) as im:
+        if read is None:
+            require_regular_file(path)
+        with Image.open(path if read is None else io.BytesIO(read(path))) as im:
             im = im.convert("RGB")
             im.thumbnail(THUMB)
             buf = io.BytesIO()
@@ -53,27 +56,30 @@ def thumbnail(path):
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def dataset_items(paths, list_path):
-    """describe(pid) -> {"title", "images"} for the items of a query or gallery list (texts read on demand)."""
+def dataset_items(paths, list_path, store=None):
+    """describe(pid) -> {"title", "images", "read"} for the items of a query or gallery list (texts read on
+    demand); `store` (datasets.packed, data.format): where the files are read, their folders by default."""
     from datasets.annotations import parse_item_list, read_goods_text, read_video_text
     from datasets.frames import segment_indices
 
     items = {item.pid: item for item in parse_item_list(list_path)}
+    store = store or FileStore()
 
     def describe(pid):
         item = items[pid]
+        read = store.reader(item.domain, pid)
         text_path = os.path.join(paths.text_dir(item.domain), item.text_path)
         try:
             if item.domain == "goods":
-                title = read_goods_text(text_path)["title"]
+                title = read_goods_text(text_path, read)["title"]
             else:
-                text = read_video_text(text_path)
+                text = read_video_text(text_path, read)
                 title = text["title"] or text["caption"] or text["text"] or ""
         except OSError:
             title = "(text file missing)"
         shown = dict.fromkeys(segment_indices(len(item.frames), VIDEO_FRAMES))  # segment centres, each once
         images = [os.path.join(paths.images_dir(item.domain), item.frames[i]) for i in shown]
-        return {"title": title, "images": images}
+        return {"title": title, "images": images, "read": read}
 
     return describe
 
@@ -81,7 +87,7 @@ def dataset_items(paths, list_path):
 def _item_html(kind, info, caption):
     thumbs = []
     for path in info["images"]:
-        data = thumbnail(path)
+        data = thumbnail(path, info.get("read"))
         thumbs.append(f'<img src="data:image/jpeg;base64,{data}">' if data else
                       f'<div class="missing" title="{html.escape(path)}"></div>')
     return (f'<div class="item {kind}"><div class="thumbs">{"".join(thumbs)}</div>'

@@ -238,6 +238,7 @@ def search_direction(cfg):
 
 def make_page(cfg, feature=None, out=None):
     """The HTML page of sampled queries of eval.direction with their top retrievals; returns its path."""
+    from datasets.loader import data_store
     from evaluate.page import build_page, dataset_items
 
     feature = feature or feature_names(cfg)[0]
@@ -249,8 +250,10 @@ def make_page(cfg, feature=None, out=None):
     if os.path.exists(os.path.join(d, "results.json")):
         with open(os.path.join(d, "results.json"), encoding="utf-8") as f:
             results = json.load(f)
+    store = data_store(cfg["data"], paths)
     build_page(os.path.join(d, "ranking.npz"), paths.gt_file(direction),
-               dataset_items(paths, paths.query_list(direction)), dataset_items(paths, paths.gallery_list(direction)),
+               dataset_items(paths, paths.query_list(direction), store),
+               dataset_items(paths, paths.gallery_list(direction), store),
                out, num_queries=cfg["eval"]["page_queries"], topk=cfg["eval"]["page_topk"], seed=cfg["seed"],
                title=f"{direction} ({feature} feature)", results=results)
     return out

@@ -299,3 +299,24 @@ def test_manifest_is_json_with_the_lists(packed_root, mini_root):
     total = {d: sum(s["items"] for s in manifest["shards"][d]) for d in ("goods", "video")}
     assert total == {"goods": manifest["counts"]["goods"], "video": manifest["counts"]["video"]}
     assert all(s["items"] <= SHARD_ITEMS for d in ("goods", "video") for s in manifest["shards"][d])
+
+
+def test_result_page_reads_a_pack_without_the_source_files(own_root, tmp_path):
+    from evaluate.page import dataset_items, thumbnail
+
+    paths = DatasetPaths(own_root)
+    out = str(tmp_path / "lmdb")
+    pack(paths, out, shard_items=SHARD_ITEMS, log=quiet)
+    lists = [paths.query_list("video2goods"), paths.gallery_list("video2goods")]  # videos, then goods
+    pids = [next(iter_lines(path))[1].split("\t")[0] for path in lists]
+    from_files = [dataset_items(paths, path)(int(pid)) for path, pid in zip(lists, pids)]
+    expected = [(info["title"], [thumbnail(p) for p in info["images"]]) for info in from_files]
+    for domain in ("goods", "video"):
+        shutil.rmtree(paths.images_dir(domain))
+        shutil.rmtree(paths.text_dir(domain), ignore_errors=True)
+    store = LmdbStore(paths, out)
+    for (title, thumbs), path, pid in zip(expected, lists, pids):
+        info = dataset_items(paths, path, store)(int(pid))
+        assert title and info["title"] == title
+        assert thumbs and None not in thumbs and [thumbnail(p, info["read"]) for p in info["images"]] == thumbs
+    assert dataset_items(paths, lists[0])(int(pids[0]))["title"] == "(text file missing)"  # the files are gone
