@@ -97,18 +97,14 @@ def load_image(path, read=None, draft=None):
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
-def stack_frames(frames):
-    """[3, H, W] frames -> [T, 3, H, W] in channels-last memory; frames of another size are resized to the first's.
-
-    load_image's frames are [3, H, W] views of H x W x 3 arrays: stacked as such they are one contiguous copy each
-    (stacking the views channel-first transposes every pixel), and torchvision's uint8 resize reads channels-last
-    fastest (its vectorised path)."""
+def match_sizes(frames):
+    """[3, H, W] frames -> the same frames, those of another size resized to the first's (antialiased bilinear)."""
     size = list(frames[0].shape[-2:])
-    if any(list(f.shape[-2:]) != size for f in frames[1:]):
-        from torchvision.transforms.v2.functional import resize
+    if all(list(f.shape[-2:]) == size for f in frames[1:]):
+        return list(frames)
+    from torchvision.transforms.v2.functional import resize
 
-        frames = [f if list(f.shape[-2:]) == size else resize(f, size, antialias=True) for f in frames]
-    return torch.stack([f.permute(1, 2, 0) for f in frames]).permute(0, 3, 1, 2)
+    return [f if list(f.shape[-2:]) == size else resize(f, size, antialias=True) for f in frames]
 
 
 def decode_video(path, num_frames, rng=None):

@@ -18,7 +18,7 @@ import random
 
 from datasets.annotations import AnnotationError, read_frame_ids
 from datasets.counters import SharedCounters
-from datasets.frames import UnreadableImage, decode_video, load_image, segment_indices, stack_frames
+from datasets.frames import UnreadableImage, decode_video, load_image, match_sizes, segment_indices
 from datasets.packed import FileStore
 from datasets.text import augment_title, goods_title, video_text
 from datasets.sampler import item_lists
@@ -158,7 +158,7 @@ class TrainDataset:
             logger.warning("%s: %s", path, message)
 
     def _load_frames(self, domain, pid, rng):
-        """uint8 [T, 3, H, W] (T = 1 for goods)."""
+        """T uint8 frames [3, H, W] of one size (a tensor [T, 3, H, W] or a list; T = 1 for goods)."""
         read = self.store.reader(domain, pid)
         if domain == "goods":
             return load_image(self.paths.image_path(pid), read, self.draft)[None]
@@ -183,7 +183,7 @@ class TrainDataset:
                 self._log_once(e.path, f"unreadable ({e.reason}); frame left out of video {pid}")
                 frame_paths.remove(e.path)
                 continue
-            return stack_frames([loaded[frame_paths[i]] for i in indices])
+            return match_sizes([loaded[frame_paths[i]] for i in indices])
         raise UnreadableImage(frameid_path, "none of the listed frames is readable")
 
     def _text(self, domain, pid, rng):

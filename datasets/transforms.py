@@ -11,7 +11,7 @@
   (their RandomResizedCrop defaults to 'bilinear', which resize_clip maps to PIL NEAREST, and it
   resizes the uncropped clip: the box it draws is discarded), then one horizontal flip for the
   whole clip with probability 0.5. data.crop_scale plays no part. (A video whose frames differ in
-  size reaches the transform with each brought to the first one's size, datasets.frames.stack_frames.)
+  size reaches the transform with each brought to the first one's size, datasets.frames.match_sizes.)
 
 Training works on uint8 tensors [T, 3, H, W]: the crop box and the flip are drawn once per clip
 and applied to every frame (torchvision's functional ops treat the leading T dimension as a
@@ -127,11 +127,13 @@ class TrainClipTransform(_SeededClipTransform):
 
     def _apply(self, clip):
         box = self.crop.make_params([self.canvas])
-        sy, sx = clip.shape[-2] / self.size[0], clip.shape[-1] / self.size[1]
+        sy, sx = clip[0].shape[-2] / self.size[0], clip[0].shape[-1] / self.size[1]
         top, left = round(box["top"] * sy), round(box["left"] * sx)
         height, width = max(1, round(box["height"] * sy)), max(1, round(box["width"] * sx))
-        clip = F.resized_crop(clip, top, left, height, width, self.size, interpolation=INTERPOLATION, antialias=True)
-        clip = clip.contiguous()  # a channels-last clip (datasets.frames.stack_frames) gives the usual layout back
+        # frame by frame: only the crops are resampled, and the full frames are never copied into one clip
+        # (load_image's frames are channels-last views, the layout torchvision's uint8 resize reads fastest)
+        clip = torch.stack([F.resized_crop(frame, top, left, height, width, self.size, interpolation=INTERPOLATION,
+                                           antialias=True) for frame in clip]).contiguous()
         if torch.rand(()) < 0.5:
             clip = F.horizontal_flip(clip)
         return self.normalize(clip)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.frames import UnreadableImage, decode_video, load_image, segment_indices, stack_frames
+from datasets.frames import UnreadableImage, decode_video, load_image, match_sizes, segment_indices
 
 
 def test_eval_indices_are_segment_centres():
@@ -60,11 +60,12 @@ def test_load_image_reads_rgb_and_names_unreadable_files(tmp_path):
         load_image(tmp_path / "missing.jpg")
 
 
-def test_stack_frames_resizes_odd_sized_frames_to_the_first():
+def test_match_sizes_resizes_odd_sized_frames_to_the_first():
     a = torch.full((3, 20, 30), 9, dtype=torch.uint8)
     b = torch.full((3, 10, 15), 9, dtype=torch.uint8)
-    clip = stack_frames([a, b])
+    clip = torch.stack(match_sizes([a, b]))
     assert clip.shape == (2, 3, 20, 30) and bool((clip == 9).all())
+    assert match_sizes([a, a])[1] is a  # frames of one size are passed on as they are
 
 
 def test_decord_decodes_the_segment_rule_frames(tmp_path, gray_video):
