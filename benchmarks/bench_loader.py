@@ -272,8 +272,16 @@ def main():
         print(f"cold reads of the frame bytes alone, shuffled: lmdb / files {reads['lmdb', True] / reads['files', True]:.2f}; "
               f"lmdb readahead off / on {reads['lmdb', False] / reads['lmdb', True]:.2f} "
               f"(files {reads['files', True]:.0f} frames/s)")
-        print(f"files opened per video sample: files {opens_per_sample(cfg('files', 0)):.1f}, "
+        opens = opens_per_sample(cfg('files', 0))
+        print(f"files opened per video sample: files {opens:.1f}, "
               f"lmdb {opens_per_sample(cfg('lmdb', 0)):.1f} (plus one environment per shard and process)")
+        for workers in args.workers:
+            # seconds per sample in one process; files cold reaches 1/3 of lmdb cold when its opens make it 3 x lmdb's
+            lmdb_s, files_s = ((workers or 1) / rates[f, workers, "cold"] for f in ("lmdb", "files"))
+            per_open = max(0.0, 3 * lmdb_s - files_s) / opens * 1000
+            print(f"break-even, {workers} workers: lmdb cold / files cold reaches 3 where each file open costs "
+                  f"{per_open:.1f} ms more than on this disk (a network file system's round trips; extrapolated, "
+                  f"not measured)")
         if 0 in args.workers:  # the per-core rate
             video_s = 1 / rates["lmdb+fast", 0, "warm"]
             step = PAPER_VIDEOS * video_s + PAPER_GOODS * video_s / args.frames  # a goods sample: about one frame
