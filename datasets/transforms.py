@@ -13,9 +13,9 @@
   whole clip with probability 0.5. data.crop_scale plays no part. (A video whose frames differ in
   size reaches the transform with each brought to the first one's size, datasets.frames.match_sizes.)
 
-Training works on uint8 tensors [T, 3, H, W]: the crop box and the flip are drawn once per clip
-and applied to every frame (torchvision's functional ops treat the leading T dimension as a
-batch), so the frames of a video stay aligned. cn_clip's crops are taken before resizing, on
+Training works on the T uint8 frames [3, H, W] of a clip (a tensor [T, 3, H, W] or a list): the
+crop box and the flip are drawn once per clip and applied to every frame, so the frames of a
+video stay aligned. cn_clip's crops are taken before resizing, on
 uint8, so only the kept pixels are resampled. The functional ops are called directly: at 224 px
 the per-call overhead of a v2.Compose pipeline costs more than the pixel work itself
 (benchmarks/bench_transforms.py).

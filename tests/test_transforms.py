@@ -43,6 +43,9 @@ def test_train_transform_applies_one_crop_and_flip_to_every_frame():
         out = transform(clip, seed=seed)
         for k in range(3):
             assert torch.equal(out[k], transform(clip[k:k + 1], seed=seed)[0])
+        # the loader's list of channels-last frames gives the clip's output
+        views = [frame.permute(1, 2, 0).contiguous().permute(2, 0, 1) for frame in clip]
+        assert torch.equal(transform(views, seed=seed), out)
 
 
 def test_train_transform_varies_with_seed_flips_and_leaves_global_rng_alone():
