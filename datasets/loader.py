@@ -4,6 +4,7 @@ import logging
 import os
 
 import torch
+from torch.utils.data import default_collate
 
 from datasets.annotations import DatasetPaths
 from datasets.batch import ITEM_KEYS, PAIR_VIDEO_KEYS, TRAIN_KEYS
@@ -20,12 +21,18 @@ from utils.seed import seed_everything
 logger = logging.getLogger(__name__)
 
 
+def _stack(tensors):
+    """torch.stack, into shared memory when called in a DataLoader worker (default_collate does that), so the
+    batch is not copied again to be sent to the main process."""
+    return default_collate(tensors)
+
+
 def collate_train(samples):
     """Training samples of one domain -> the batch dict of the data contract."""
     domains = {s["domain"] for s in samples}
     if len(domains) != 1:
         raise ValueError(f"a training batch must be domain-pure, got domains {sorted(domains)}")
-    batch = {key: torch.stack([s[key] for s in samples]) for key in TRAIN_KEYS}
+    batch = {key: _stack([s[key] for s in samples]) for key in TRAIN_KEYS}
     batch["domain"] = domains.pop()
     batch["pids"] = torch.tensor([s["pid"] for s in samples], dtype=torch.long)
     batch["query_index"] = torch.tensor([s["query_index"] for s in samples], dtype=torch.long)
@@ -39,8 +46,8 @@ def collate_pairs(samples):
     unreadable item was replaced by one of another query, so the row is no longer a pair."""
     half = len(samples) // 2
     goods, videos = samples[:half], samples[half:]
-    batch = {key: torch.stack([s[key] for s in goods]) for key in ITEM_KEYS}
-    batch.update({pkey: torch.stack([s[key] for s in videos]) for key, pkey in zip(ITEM_KEYS, PAIR_VIDEO_KEYS)})
+    batch = {key: _stack([s[key] for s in goods]) for key in ITEM_KEYS}
+    batch.update({pkey: _stack([s[key] for s in videos]) for key, pkey in zip(ITEM_KEYS, PAIR_VIDEO_KEYS)})
     batch["pair_valid"] = torch.tensor([g["query_index"] == v["query_index"] for g, v in zip(goods, videos)])
     batch["query_index"] = torch.tensor([g["query_index"] for g in goods], dtype=torch.long)
     batch["epoch"] = samples[0]["epoch"]
@@ -72,7 +79,7 @@ def collate_eval(items):
     lengths = {item["frames"].shape[0] for item in items}
     if len(lengths) != 1:
         raise ValueError(f"an evaluation batch mixes clips of {sorted(lengths)} frames: keep one domain per list")
-    batch = {key: torch.stack([item[key] for item in items]) for key in ITEM_KEYS}
+    batch = {key: _stack([item[key] for item in items]) for key in ITEM_KEYS}
     batch["pid"] = torch.tensor([item["pid"] for item in items], dtype=torch.long)
     batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
     return batch

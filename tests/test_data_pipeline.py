@@ -262,6 +262,38 @@ def test_collate_train_stacks_one_domain(tmp_path):
         collate_train([ds[TrainSample(0, 0, "goods", 1)], ds[TrainSample(0, 0, "video", 9)]])
 
 
+
+class _CollatesInAWorker(torch.utils.data.Dataset):
+    """One item: the three collates' batches of synthetic samples, as {collate: whether each tensor is shared}."""
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        from datasets.loader import collate_pairs
+
+        def sample(domain, value):
+            return {"domain": domain, "pid": value, "index": value, "query_index": value, "epoch": 0,
+                    "frames": torch.full((T, 3, 4, 4), float(value)), "text_ids": torch.tensor([value]),
+                    "text_mask": torch.tensor([1]), "query_ids": torch.tensor([value]), "query_mask": torch.tensor([1])}
+
+        batches = {"train": collate_train([sample("video", 1), sample("video", 2)]),
+                   "pairs": collate_pairs([sample("goods", 1), sample("video", 1)]),
+                   "eval": collate_eval([sample("video", 1), sample("video", 2)])}
+        return {name: {k: v.is_shared() for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 1}
+                for name, batch in batches.items()}
+
+
+def test_collates_stack_into_shared_memory_in_a_loader_worker():
+    # a worker's batch is sent to the main process through shared memory: stacked there, it is not copied again
+    in_main = _CollatesInAWorker()[0]
+    loader = torch.utils.data.DataLoader(_CollatesInAWorker(), batch_size=None, num_workers=1)
+    in_worker = next(iter(loader))
+    assert set(in_worker) == {"train", "pairs", "eval"}
+    for name in in_worker:
+        assert in_worker[name] and all(in_worker[name].values()), name
+        assert not any(in_main[name].values()), name
+
 def write_list(path, rows):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
