@@ -285,7 +285,8 @@ def main():
         if 0 in args.workers:  # the per-core rate
             video_s = 1 / rates["lmdb+fast", 0, "warm"]
             step = PAPER_VIDEOS * video_s + PAPER_GOODS * video_s / args.frames  # a goods sample: about one frame
-            cores = ", ".join(f"{step / t:.0f} at {t:g} s" for t in STEP_SECONDS)
+            # whole cores, rounded up: a fraction left over is a core the loader still waits for
+            cores = ", ".join(f"{step / t:.1f}, so {math.ceil(step / t)} cores, at {t:g} s" for t in STEP_SECONDS)
             print(f"estimate: the paper's per-GPU batch ({PAPER_VIDEOS} videos x {args.frames} frames + {PAPER_GOODS} "
                   f"goods) takes {step:.1f} core-seconds to load (lmdb, fast decode, this machine's core); loader cores "
                   f"per GPU for a step of {cores} (an estimate: a goods sample counted as 1/{args.frames} of a video)")
