@@ -15,6 +15,7 @@ from datasets import build_eval_dataset, build_pretrain_loader, build_train_load
 from datasets.annotations import DatasetPaths, TrainEntry, parse_item_list, parse_train_file, read_frame_ids
 from datasets.eval_dataset import EvalDataset
 from datasets.frames import UnreadableImage, decode_video, load_image, segment_indices
+from datasets.loader import collate_pairs
 from datasets.sampler import TrainSample
 from datasets.tokenizer import Tokenizer
 from datasets.train_dataset import TrainDataset
@@ -262,7 +263,6 @@ def test_collate_train_stacks_one_domain(tmp_path):
         collate_train([ds[TrainSample(0, 0, "goods", 1)], ds[TrainSample(0, 0, "video", 9)]])
 
 
-
 class _CollatesInAWorker(torch.utils.data.Dataset):
     """One item: the three collates' batches of synthetic samples, as {collate: whether each tensor is shared}."""
 
@@ -270,8 +270,6 @@ class _CollatesInAWorker(torch.utils.data.Dataset):
         return 1
 
     def __getitem__(self, index):
-        from datasets.loader import collate_pairs
-
         def sample(domain, value):
             return {"domain": domain, "pid": value, "index": value, "query_index": value, "epoch": 0,
                     "frames": torch.full((T, 3, 4, 4), float(value)), "text_ids": torch.tensor([value]),
@@ -293,6 +291,7 @@ def test_collates_stack_into_shared_memory_in_a_loader_worker():
     for name in in_worker:
         assert in_worker[name] and all(in_worker[name].values()), name
         assert not any(in_main[name].values()), name
+
 
 def write_list(path, rows):
     os.makedirs(os.path.dirname(path), exist_ok=True)
