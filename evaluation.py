@@ -19,7 +19,6 @@ with a checkpoint's model (evaluate/retrieve.py) and prints the ids and cosine s
 items, one per line, best first.
 """
 import argparse
-import sys
 
 from datasets.annotations import DIRECTIONS
 from evaluate import pipeline
@@ -183,5 +182,6 @@ def main(argv=None):
 
 if __name__ == "__main__":
     from engine.checks import run_cli
+    from utils.distributed import exit_process
 
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

@@ -15,7 +15,7 @@ import sys
 from engine import train
 from engine.checks import checked_config, run_cli, text_warning
 from evaluate.pipeline import extract
-from utils.distributed import cleanup
+from utils.distributed import cleanup, exit_process
 from utils.preemption import EXIT_PREEMPTED
 
 
@@ -55,4 +55,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -239,11 +239,13 @@ def test_ranks_resume_from_the_checkpoint_rank_0_chose(tmp_path, free_port):
         sys.path.insert(0, {REPO!r})
         import torch.distributed as dist
         from engine.trainer import resolve_resume
+        from utils.distributed import exit_process
         rank = int(sys.argv[1])
         dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{free_port}", rank=rank, world_size=2)
         path, state = resolve_resume("auto", [{str(views[0])!r}, {str(views[1])!r}][rank], rank, 2)
         print(path, state["global_step"])
         dist.barrier()  # neither rank exits while the other still uses gloo
+        exit_process(0)
     """)
     procs = [subprocess.Popen([sys.executable, "-c", script, str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for rank in (0, 1)]
@@ -251,6 +253,28 @@ def test_ranks_resume_from_the_checkpoint_rank_0_chose(tmp_path, free_port):
     for p, (stdout, stderr) in zip(procs, results):
         assert p.returncode == 0, stderr[-2000:]
         assert stdout.split() == [ckpt.step_path(str(views[0]), 4), "4"]
+
+
+@pytest.mark.parametrize("in_gloo_group", [True, False])
+def test_exit_process_flushes_and_skips_the_teardown_only_in_a_gloo_group(in_gloo_group, free_port):
+    """With a live gloo group the process ends without the interpreter's teardown (no atexit handler runs), its
+    buffered output written and the exit code kept; without one it exits as usual."""
+    script = textwrap.dedent(f"""
+        import atexit, sys
+        sys.path.insert(0, {REPO!r})
+        import torch.distributed as dist
+        from utils.distributed import exit_process
+        if {in_gloo_group!r}:
+            dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{free_port}", rank=0, world_size=1)
+            dist.barrier()
+        atexit.register(print, "teardown ran")
+        print("result", end="")  # buffered: stdout is a pipe
+        exit_process(3)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert done.stdout == ("result" if in_gloo_group else "resultteardown ran\n")
 
 
 def test_non_finite_loss_stops_naming_step_term_and_checkpoint(mini_root, tmp_path, monkeypatch):
